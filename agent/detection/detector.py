@@ -1,0 +1,154 @@
+"""A detector: a runtime, its model card and the decoder of its family, from frame to detections."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent.detection.card import ModelCard, resolve_card
+from agent.detection.decoders import DECODERS
+from agent.detection.nms import nms
+from agent.detection.preprocess import Preprocessor, Transform
+from agent.detection.types import Detection
+from agent.errors import ModelCardError
+from agent.runtimes import Runtime, load_runtime
+
+
+@dataclass
+class StageTimes:
+    """Milliseconds spent in each stage of one frame."""
+
+    preprocess: float = 0.0
+    inference: float = 0.0
+    decode: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.preprocess + self.inference + self.decode
+
+
+@dataclass
+class DetectorSettings:
+    """Thresholds and label filter; changeable at run time."""
+
+    score_threshold: float | None = None  # None: the card's default
+    iou_threshold: float | None = None
+    labels: Sequence[str] = field(default_factory=tuple)  # empty: all
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Detector:
+    """Runs one model on frames. Not thread-safe: one pipeline thread owns it."""
+
+    def __init__(self, runtime: Runtime, card: ModelCard) -> None:
+        self.runtime = runtime
+        self.card = card
+        self._check_fits()
+        self.preprocess = Preprocessor(card.input)
+        self._decode = DECODERS[card.family]
+        self._names = [o.name for o in runtime.outputs]
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        card: str | Path | None = None,
+        threads: int = 0,
+        runtime: str | None = None,
+        providers: list[str] | None = None,
+        delegate: str | None = None,
+        warmup: bool = True,
+    ) -> Detector:
+        rt = load_runtime(path, threads=threads, runtime=runtime, providers=providers, delegate=delegate)
+        detector = cls(rt, resolve_card(path, rt, card))
+        if warmup:
+            detector.warmup()
+        return detector
+
+    def _check_fits(self) -> None:
+        if len(self.runtime.inputs) != 1:
+            raise ModelCardError(
+                f"{self.runtime.path}: detectors take one image input, this model has "
+                f"{len(self.runtime.inputs)}"
+            )
+        shape = self.runtime.inputs[0].shape
+        spec = self.card.input
+        want = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
+        if tuple(shape) != want:
+            raise ModelCardError(
+                f"{self.runtime.path}: the card says input {spec.width}x{spec.height} "
+                f"{spec.layout} {list(want)}, the model has {list(shape)}"
+            )
+
+    def warmup(self) -> None:
+        """Run one inference on a blank frame: the first real frame is not slow, and a model that
+        cannot run fails here rather than in the pipeline."""
+        blank = np.zeros((self.card.input.height, self.card.input.width, 3), np.uint8)
+        self.detect(blank)
+
+    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
+        return self.runtime.infer([tensor])
+
+    def postprocess(
+        self,
+        outputs: Sequence[np.ndarray],
+        transform: Transform,
+        settings: DetectorSettings | None = None,
+    ) -> list[Detection]:
+        settings = settings or DetectorSettings()
+        score = settings.score_threshold
+        if score is None:
+            score = self.card.thresholds.score
+        iou = settings.iou_threshold
+        if iou is None:
+            iou = self.card.thresholds.iou
+        candidates = self._decode(outputs, self.card, score, self._names)
+        if settings.labels and len(candidates):
+            wanted = {i for i, name in enumerate(self.card.labels) if name in settings.labels}
+            candidates = candidates.select(np.isin(candidates.class_ids, list(wanted)))
+        kept = nms(candidates, score, iou)
+        boxes = transform.to_frame(kept.boxes)
+        labels = self.card.labels
+        return [
+            Detection(
+                label=labels[int(c)] if 0 <= int(c) < len(labels) else str(int(c)),
+                class_id=int(c),
+                score=float(s),
+                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+            )
+            for b, s, c in zip(boxes, kept.scores, kept.class_ids, strict=True)
+            # A box squeezed to nothing by clipping lies wholly in the letterbox padding.
+            if b[2] > b[0] and b[3] > b[1]
+        ]
+
+    def detect(
+        self, frame_bgr: np.ndarray, settings: DetectorSettings | None = None
+    ) -> tuple[list[Detection], StageTimes]:
+        times = StageTimes()
+        t0 = time.perf_counter()
+        tensor, transform = self.preprocess(frame_bgr)
+        t1 = time.perf_counter()
+        outputs = self.infer(tensor)
+        t2 = time.perf_counter()
+        detections = self.postprocess(outputs, transform, settings)
+        t3 = time.perf_counter()
+        times.preprocess, times.inference, times.decode = (
+            (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3,
+        )
+        return detections, times
+
+    def close(self) -> None:
+        self.runtime.close()

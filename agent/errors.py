@@ -1,0 +1,52 @@
+"""The exceptions edge-agent raises, so callers catch ours and never a library's.
+
+    EdgeAgentError
+    ├── ConfigError          the config file or a config change is invalid
+    ├── ModelError
+    │   ├── ModelLoadError   a model file cannot be read or run by its runtime
+    │   ├── ModelCardError   a model card is missing fields or contradicts the model
+    │   └── DecodeError      model outputs do not fit the family's decoder
+    ├── RuntimeUnavailable   the runtime a model needs is not installed
+    ├── SourceError          a camera, stream, file or folder cannot be opened or read
+    └── PublishError         the MQTT connection cannot be set up
+
+Third-party errors are translated where they enter (``raise ModelLoadError(...) from exc``).
+"""
+
+from __future__ import annotations
+
+
+class EdgeAgentError(Exception):
+    """Base of every error edge-agent raises on purpose."""
+
+
+class ConfigError(EdgeAgentError):
+    """The configuration is invalid; the message names the file, line and key."""
+
+
+class ModelError(EdgeAgentError):
+    """A model cannot be used."""
+
+
+class ModelLoadError(ModelError):
+    """A model file cannot be read or run."""
+
+
+class ModelCardError(ModelError):
+    """A model card is incomplete or does not match its model."""
+
+
+class DecodeError(ModelError):
+    """Model outputs do not have the shapes its family expects."""
+
+
+class RuntimeUnavailable(EdgeAgentError):
+    """The runtime for a model format is not installed on this device."""
+
+
+class SourceError(EdgeAgentError):
+    """A frame source cannot be opened or read."""
+
+
+class PublishError(EdgeAgentError):
+    """The MQTT side cannot be set up (bad TLS files, bad credentials...)."""

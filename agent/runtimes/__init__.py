@@ -1,0 +1,49 @@
+"""Inference backends, chosen by file suffix (or ``model.runtime`` in the config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.errors import ModelLoadError
+from agent.runtimes.base import Runtime, TensorSpec
+
+__all__ = ["RUNTIMES", "Runtime", "TensorSpec", "load_runtime", "runtime_kind"]
+
+# suffix -> runtime name; the classes are imported only when asked for, so a device
+# without one backend can still run models of the other.
+RUNTIMES = {".onnx": "onnx", ".tflite": "tflite"}
+
+
+def runtime_kind(path: str | Path, runtime: str | None = None) -> str:
+    if runtime and runtime != "auto":
+        return runtime
+    suffix = Path(path).suffix.lower()
+    if suffix not in RUNTIMES:
+        raise ModelLoadError(
+            f"{path}: unknown model format {suffix!r}; expected one of {sorted(RUNTIMES)}"
+        )
+    return RUNTIMES[suffix]
+
+
+def load_runtime(
+    path: str | Path,
+    *,
+    threads: int = 0,
+    runtime: str | None = None,
+    providers: list[str] | None = None,
+    delegate: str | None = None,
+) -> Runtime:
+    """Open ``path`` with the runtime its suffix (or ``runtime``) names."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise ModelLoadError(f"{path}: no such model file")
+    kind = runtime_kind(path, runtime)
+    if kind == "onnx":
+        from agent.runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime(path, threads=threads, providers=providers)
+    if kind == "tflite":
+        from agent.runtimes.tflite import TFLiteRuntime
+
+        return TFLiteRuntime(path, threads=threads, delegate=delegate)
+    raise ModelLoadError(f"{path}: unknown runtime {kind!r}; expected onnx or tflite")
