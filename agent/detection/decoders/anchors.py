@@ -102,7 +102,8 @@ def decode_anchors(
     if d.score_clipping > 0:
         scores = np.clip(scores, -d.score_clipping, d.score_clipping)
     if d.sigmoid_score:
-        scores = 1.0 / (1.0 + np.exp(-scores))
+        # tanh form of the sigmoid: no overflow warning for large negative logits.
+        scores = 0.5 * (1.0 + np.tanh(0.5 * scores))
     class_ids = scores.argmax(axis=1)
     best = scores[np.arange(len(class_ids)), class_ids]
     keep = best >= score_threshold

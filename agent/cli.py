@@ -1,0 +1,238 @@
+"""The ``edge-agent`` command: run the daemon, detect on images, check configs, inspect and
+benchmark models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.errors import EdgeAgentError
+
+log = logging.getLogger("agent")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.app import Agent
+    from agent.config import load_config
+
+    config = load_config(args.config)
+    return Agent(config).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.config import check_files, parse_config
+    from agent.errors import ConfigError
+
+    path = Path(args.config)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        config = parse_config(text, str(path))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    problems = check_files(config, str(path), text)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    print(f"{path}: ok")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from agent.config import Config
+
+    print(json.dumps(Config.model_json_schema(), indent=2))
+    return 0
+
+
+def _draw(image_path: Path, image: object, detections: Sequence[object], out_dir: Path) -> Path:
+    import cv2
+
+    from agent.detection import Detection
+
+    canvas = image.copy()  # type: ignore[attr-defined]
+    h, w = canvas.shape[:2]
+    for d in detections:
+        assert isinstance(d, Detection)
+        x1, y1, x2, y2 = (int(d.box[0] * w), int(d.box[1] * h), int(d.box[2] * w), int(d.box[3] * h))
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 200, 0), 2)
+        cv2.putText(canvas, f"{d.label} {d.score:.2f}", (x1, max(12, y1 - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{image_path.stem}.jpg"
+    cv2.imwrite(str(out), canvas)
+    return out
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    from agent.detection import Detector, DetectorSettings
+
+    detector = Detector.load(args.model, card=args.card, threads=args.threads)
+    settings = DetectorSettings(score_threshold=args.score, labels=tuple(args.labels or ()))
+    status = 0
+    for name in args.images:
+        path = Path(name)
+        image = cv2.imread(str(path))
+        if image is None:
+            print(f"{path}: cannot read this image", file=sys.stderr)
+            status = 1
+            continue
+        t0 = time.perf_counter()
+        detections, _ = detector.detect(image, settings)
+        latency = (time.perf_counter() - t0) * 1e3
+        if args.json:
+            print(json.dumps({
+                "image": str(path),
+                "width": image.shape[1],
+                "height": image.shape[0],
+                "latency_ms": round(latency, 2),
+                "objects": [d.to_dict() for d in detections],
+            }))
+        else:
+            print(f"{path}: {len(detections)} object(s) in {latency:.1f} ms")
+            for d in detections:
+                box = ", ".join(f"{v:.3f}" for v in d.box)
+                print(f"  {d.label:<14} {d.score:.2f}  [{box}]")
+        if args.draw:
+            out = _draw(path, image, detections, Path(args.draw))
+            if not args.json:
+                print(f"  drawn: {out}")
+    return status
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from agent.detection.card import resolve_card
+    from agent.detection.detector import file_sha256
+    from agent.runtimes import load_runtime
+
+    runtime = load_runtime(args.model)
+    card = resolve_card(args.model, runtime, args.card)
+    info = {
+        "path": str(args.model),
+        "size_bytes": Path(args.model).stat().st_size,
+        "sha256": file_sha256(args.model),
+        "inputs": [_spec(s) for s in runtime.inputs],
+        "outputs": [_spec(s) for s in runtime.outputs],
+        "card": card.model_dump(exclude_none=True),
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{info['path']}  {info['size_bytes'] / 1e6:.1f} MB  sha256 {info['sha256']}")
+    print(f"  {card.name} {card.version}: family {card.family}, labels {card.labels}")
+    for kind in ("inputs", "outputs"):
+        for s in info[kind]:  # type: ignore[attr-defined]
+            print(f"  {kind[:-1]:<6} {s['name']}: {s['shape']} {s['dtype']}"
+                  + (f" (scale {s['scale']}, zero point {s['zero_point']})" if s["scale"] else ""))
+    for note in card.assumed:
+        print(f"  assumed: {note}")
+    return 0
+
+
+def _spec(spec: object) -> dict[str, object]:
+    from agent.runtimes import TensorSpec
+
+    assert isinstance(spec, TensorSpec)
+    return {"name": spec.name, "shape": list(spec.shape), "dtype": str(spec.dtype),
+            "scale": spec.scale, "zero_point": spec.zero_point}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agent.bench import run_bench
+
+    result = run_bench(
+        args.model, source=args.source, frames=args.frames, threads=args.threads,
+        card=args.card, broker=args.broker,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>18}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon (no config: the demo defaults)")
+    run.add_argument("-c", "--config", help="config file (YAML)")
+    run.set_defaults(func=cmd_run)
+
+    det = sub.add_parser("detect", help="run a model on images")
+    det.add_argument("model")
+    det.add_argument("images", nargs="+")
+    det.add_argument("--card", help="model card (default: <model>.card.yaml)")
+    det.add_argument("--json", action="store_true", help="one JSON object per image")
+    det.add_argument("--draw", metavar="DIR", help="write annotated copies into DIR")
+    det.add_argument("--score", type=float, help="score threshold (default: the card's)")
+    det.add_argument("--labels", nargs="*", help="labels to keep")
+    det.add_argument("--threads", type=int, default=0)
+    det.set_defaults(func=cmd_detect)
+
+    chk = sub.add_parser("check-config", help="validate a config file")
+    chk.add_argument("config")
+    chk.set_defaults(func=cmd_check_config)
+
+    cfg = sub.add_parser("config", help="config helpers")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    schema = cfg_sub.add_parser("schema", help="print the config's JSON Schema")
+    schema.set_defaults(func=cmd_config_schema)
+
+    model = sub.add_parser("model", help="inspect models")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    info = model_sub.add_parser("info", help="inputs, outputs, card and digest of a model")
+    info.add_argument("model")
+    info.add_argument("--card")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_model_info)
+
+    bench = sub.add_parser("bench", help="measure runtime, pipeline and naive-loop speed")
+    bench.add_argument("model")
+    bench.add_argument("--source", help="video or image folder (default: the sample video)")
+    bench.add_argument("--frames", type=int, default=50)
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--card")
+    bench.add_argument("--broker", metavar="HOST:PORT", help="publish detections to this broker")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except EdgeAgentError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

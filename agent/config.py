@@ -1,0 +1,221 @@
+"""The config file: pydantic models of every section, YAML loading, environment overrides,
+and error reports that name the file, line and key."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import ConfigError
+
+ENV_PREFIX = "EDGE_AGENT_"
+# Demo defaults: the assets scripts/fetch-assets places beside the package in a checkout.
+ASSETS_DIR = Path(os.environ.get("EDGE_AGENT_ASSETS", Path(__file__).resolve().parent.parent / "models"))
+DEFAULT_MODEL = ASSETS_DIR / "person-yolov8s.onnx"
+DEFAULT_VIDEO = ASSETS_DIR / "media" / "bikes.mp4"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(Section):
+    uri: str = Field(
+        str(DEFAULT_VIDEO),
+        description="camera index (0) or /dev/videoN, rtsp:// or http(s):// URL, video file or image folder",
+    )
+    fps: float = Field(5.0, ge=0, description="processing cap in frames per second; 0 = no cap")
+    loop: bool = Field(False, description="replay a video file or image folder forever")
+    realtime: bool = Field(
+        True, description="play files at their own frame rate, as a camera would deliver them"
+    )
+    backoff_initial_s: float = Field(0.5, gt=0, description="first retry delay after a failure")
+    backoff_max_s: float = Field(30.0, gt=0, description="cap of the exponential retry delay")
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _uri_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
+class ModelConfig(Section):
+    path: Path = Field(DEFAULT_MODEL, description="model file (.onnx or .tflite)")
+    card: Path | None = Field(None, description="model card; default: <model>.card.yaml beside it")
+    runtime: Literal["auto", "onnx", "tflite"] = Field("auto", description="auto: by file suffix")
+    threads: int = Field(2, ge=0, description="inference threads; 0 = the runtime's default")
+    providers: list[str] = Field(
+        default_factory=list, description="onnxruntime execution providers; empty = CPU"
+    )
+    delegate: str | None = Field(None, description="TFLite delegate library (e.g. libedgetpu.so.1)")
+
+
+class DetectionConfig(Section):
+    score_threshold: float | None = Field(
+        None, ge=0, le=1, description="minimum score; default: the model card's"
+    )
+    iou_threshold: float | None = Field(None, ge=0, le=1, description="NMS overlap; default: card's")
+    labels: list[str] = Field(default_factory=list, description="labels to report; empty = all")
+
+
+class TlsConfig(Section):
+    ca_file: Path | None = Field(None, description="CA bundle that signed the broker's certificate")
+    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(None, description="client key (mutual TLS)")
+    insecure: bool = Field(False, description="skip certificate verification (never in production)")
+
+
+class MqttConfig(Section):
+    host: str = Field("localhost", description="broker host")
+    port: int = Field(1883, gt=0, lt=65536, description="broker port")
+    topic_prefix: str = Field("edge-agent", description="topics are {topic_prefix}/{device_id}/...")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of detection messages")
+    client_id: str | None = Field(None, description="MQTT client id; default: the device id")
+    keepalive: int = Field(30, ge=5, description="seconds between keepalive pings")
+    protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version")
+    username: str | None = Field(None, description="broker user name")
+    password_file: Path | None = Field(
+        None, description="file holding the password (or set EDGE_AGENT_MQTT_PASSWORD)"
+    )
+    tls: TlsConfig | None = Field(None, description="TLS settings; absent = plain TCP")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must be non-empty, without + or #, and not start or end with /")
+        return value
+
+
+class Config(Section):
+    device_id: str = Field(
+        default_factory=socket.gethostname, description="device name in topics; default: host name"
+    )
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+
+    @field_validator("device_id")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        if not value or any(c in value for c in "/+#"):
+            raise ValueError("must be non-empty and contain no / + or #")
+        return value
+
+
+def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """``EDGE_AGENT_MQTT__HOST=broker`` sets ``mqtt.host`` (values parsed as YAML scalars)."""
+    for key, raw in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment {key}: {'.'.join(path[:-1])} is not a section")
+        node[path[-1]] = yaml.safe_load(raw) if raw else raw
+    return data
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (or of the deepest parent that exists)."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == part:
+                    line = k.start_mark.line + 1
+                    node = v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _report(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        value = err.get("input")
+        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{where}: {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(text: str, source: str = "<config>", environ: dict[str, str] | None = None) -> Config:
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the config must be a mapping of sections")
+    data = _env_overrides(data, dict(os.environ) if environ is None else environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_report(exc, source, root)) from exc
+
+
+def load_config(path: str | Path | None, environ: dict[str, str] | None = None) -> Config:
+    """The config at ``path``, or the built-in demo defaults when ``path`` is None."""
+    if path is None:
+        # The demo: the sample video replayed forever through the default model.
+        return parse_config("source:\n  loop: true\n", "<defaults>", environ)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_config(text, str(path), environ)
+
+
+def check_files(config: Config, source: str = "<config>", text: str = "") -> list[str]:
+    """Problems with files the config names (kept out of validation: validators do no I/O)."""
+    root = yaml.compose(text) if text else None
+    problems = []
+
+    def missing(loc: tuple[str, ...], path: Path | None, what: str) -> None:
+        if path is not None and not path.is_file():
+            line = _line_of(root, loc)
+            where = f"{source}:{line}" if line else source
+            problems.append(f"{where}: {'.'.join(loc)}: {what} {str(path)!r} does not exist")
+
+    missing(("model", "path"), config.model.path, "model file")
+    missing(("model", "card"), config.model.card, "model card")
+    missing(("mqtt", "password_file"), config.mqtt.password_file, "password file")
+    if config.mqtt.tls:
+        for name in ("ca_file", "cert_file", "key_file"):
+            missing(("mqtt", "tls", name), getattr(config.mqtt.tls, name), "TLS file")
+    return problems
+
+
+def mqtt_password(config: MqttConfig, environ: dict[str, str] | None = None) -> str | None:
+    """The broker password: the password file, systemd's credential, or the environment."""
+    env = dict(os.environ) if environ is None else environ
+    if config.password_file is not None:
+        return config.password_file.read_text(encoding="utf-8").strip()
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and (Path(cred_dir) / "mqtt-password").is_file():
+        return (Path(cred_dir) / "mqtt-password").read_text(encoding="utf-8").strip()
+    return env.get(f"{ENV_PREFIX}MQTT_PASSWORD")
