@@ -1,0 +1,165 @@
+"""Shared fixtures: real assets, a real mosquitto on a free loopback port, an MQTT subscriber,
+and the agent run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.localbroker import LocalBroker, mosquitto_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+MEDIA = MODELS / "media"
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    missing = [
+        p for p in ("person-yolov8s.onnx", "face-short-range.tflite", "face-full-range.tflite",
+                    "pose-detector.tflite", "media/bikes.mp4", "media/carphone_pristine.mp4",
+                    "media/astronaut.png")
+        if not (MODELS / p).is_file()
+    ]
+    if missing:
+        pytest.fail(f"assets missing: {missing}; run scripts/setup (or scripts/fetch-assets)")
+    return MODELS
+
+
+@pytest.fixture
+def broker() -> Iterator[LocalBroker]:
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (scripts/test installs it when run as root)")
+    with LocalBroker() as b:
+        yield b
+
+
+class Subscriber:
+    """A real MQTT client that records every message it receives, in order."""
+
+    def __init__(self, port: int, topics: list[str]) -> None:
+        self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.seen: list[tuple[str, bytes, bool]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{time.monotonic_ns()}")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe([(t, 1) for t in topics])
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.messages.put((msg.topic, msg.payload, bool(msg.retain)))
+
+    def wait_for(
+        self, topic_suffix: str, predicate: Callable[[dict[str, Any]], bool] = lambda _: True,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                topic, payload, retain = self.messages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.seen.append((topic, payload, retain))
+            if topic.endswith(topic_suffix):
+                body = json.loads(payload)
+                if predicate(body):
+                    return body  # type: ignore[no-any-return]
+        kinds = sorted({t for t, _, _ in self.seen})
+        raise AssertionError(f"no message on *{topic_suffix} matching within {timeout} s; saw {kinds}")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def subscriber(broker: LocalBroker) -> Iterator[Callable[..., Subscriber]]:
+    made: list[Subscriber] = []
+
+    def make(*topics: str) -> Subscriber:
+        s = Subscriber(broker.port, list(topics) or ["#"])
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+class AgentProcess:
+    """``edge-agent run -c CONFIG`` as a real child process."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None, wrap: list[str] | None = None) -> None:
+        self.log = config.with_suffix(".log")
+        self._log_fh = open(self.log, "wb")
+        cmd = [*(wrap or []), sys.executable, "-m", "agent", "run", "-c", str(config)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log_fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    def signal(self, sig: int) -> None:
+        # To the whole group, so a wrapper (strace) passes it on to the agent itself.
+        os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        self._log_fh.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_fh.close()
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    def write(data: dict[str, Any], name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def run_agent() -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def start(config: Path, **kwargs: Any) -> AgentProcess:
+        a = AgentProcess(config, **kwargs)
+        started.append(a)
+        return a
+
+    yield start
+    for a in started:
+        a.stop()
+
+
+def iou(a: list[float] | tuple[float, ...], b: list[float] | tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
