@@ -28,12 +28,17 @@ class Agent:
         self.detector: Detector | None = None
         self.source: FrameSource | None = None
         self.pipeline: Pipeline | None = None
-        self.publisher = MqttPublisher(config.mqtt, config.device_id, status_extra=self._status_extra)
+        self.publisher = MqttPublisher(
+            config.mqtt, config.device_id, status_extra=self._status_extra
+        )
 
     def _status_extra(self) -> dict[str, object]:
         extra: dict[str, object] = {}
         if self.detector is not None:
-            extra["model"] = {"name": self.detector.card.name, "version": self.detector.card.version}
+            extra["model"] = {
+                "name": self.detector.card.name,
+                "version": self.detector.card.version,
+            }
         if self.source is not None:
             s = self.source.status
             extra["source"] = {"state": s.state, "failures": s.failures, "last_error": s.last_error}
@@ -75,8 +80,11 @@ class Agent:
         )
         log.info(
             "model %s %s (%s, %s) loaded from %s",
-            self.detector.card.name, self.detector.card.version,
-            self.detector.card.family, c.model.path.suffix, c.model.path,
+            self.detector.card.name,
+            self.detector.card.version,
+            self.detector.card.family,
+            c.model.path.suffix,
+            c.model.path,
         )
         for note in self.detector.card.assumed:
             log.info("model card assumed: %s", note)

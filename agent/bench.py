@@ -25,7 +25,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _read_frames(source: str, count: int) -> list[np.ndarray]:
     cap = cv2.VideoCapture(source)
-    frames = []
+    frames: list[np.ndarray] = []
     while len(frames) < count:
         ok, frame = cap.read()
         if not ok:
@@ -82,7 +82,11 @@ def pipeline_fps(
         if publisher is not None:
             h, w = result.frame.image.shape[:2]
             payload = detections_message(
-                len(latencies), result.frame.id, w, h, result.frame.ts,
+                len(latencies),
+                result.frame.id,
+                w,
+                h,
+                result.frame.ts,
                 (result.model_name, result.model_version),
                 (result.times.inference, result.times.total),
                 [d.to_dict() for d in result.detections],

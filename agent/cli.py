@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
 from agent.errors import EdgeAgentError
@@ -72,10 +73,23 @@ def _draw(image_path: Path, image: object, detections: Sequence[object], out_dir
     h, w = canvas.shape[:2]
     for d in detections:
         assert isinstance(d, Detection)
-        x1, y1, x2, y2 = (int(d.box[0] * w), int(d.box[1] * h), int(d.box[2] * w), int(d.box[3] * h))
+        x1, y1, x2, y2 = (
+            int(d.box[0] * w),
+            int(d.box[1] * h),
+            int(d.box[2] * w),
+            int(d.box[3] * h),
+        )
         cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 200, 0), 2)
-        cv2.putText(canvas, f"{d.label} {d.score:.2f}", (x1, max(12, y1 - 4)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            f"{d.label} {d.score:.2f}",
+            (x1, max(12, y1 - 4)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            (0, 200, 0),
+            1,
+            cv2.LINE_AA,
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{image_path.stem}.jpg"
     cv2.imwrite(str(out), canvas)
@@ -101,13 +115,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
         detections, _ = detector.detect(image, settings)
         latency = (time.perf_counter() - t0) * 1e3
         if args.json:
-            print(json.dumps({
-                "image": str(path),
-                "width": image.shape[1],
-                "height": image.shape[0],
-                "latency_ms": round(latency, 2),
-                "objects": [d.to_dict() for d in detections],
-            }))
+            print(
+                json.dumps(
+                    {
+                        "image": str(path),
+                        "width": image.shape[1],
+                        "height": image.shape[0],
+                        "latency_ms": round(latency, 2),
+                        "objects": [d.to_dict() for d in detections],
+                    }
+                )
+            )
         else:
             print(f"{path}: {len(detections)} object(s) in {latency:.1f} ms")
             for d in detections:
@@ -127,9 +145,10 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
     runtime = load_runtime(args.model)
     card = resolve_card(args.model, runtime, args.card)
-    info = {
+    size = Path(args.model).stat().st_size
+    info: dict[str, Any] = {
         "path": str(args.model),
-        "size_bytes": Path(args.model).stat().st_size,
+        "size_bytes": size,
         "sha256": file_sha256(args.model),
         "inputs": [_spec(s) for s in runtime.inputs],
         "outputs": [_spec(s) for s in runtime.outputs],
@@ -138,12 +157,14 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    print(f"{info['path']}  {info['size_bytes'] / 1e6:.1f} MB  sha256 {info['sha256']}")
+    print(f"{info['path']}  {size / 1e6:.1f} MB  sha256 {info['sha256']}")
     print(f"  {card.name} {card.version}: family {card.family}, labels {card.labels}")
     for kind in ("inputs", "outputs"):
-        for s in info[kind]:  # type: ignore[attr-defined]
-            print(f"  {kind[:-1]:<6} {s['name']}: {s['shape']} {s['dtype']}"
-                  + (f" (scale {s['scale']}, zero point {s['zero_point']})" if s["scale"] else ""))
+        for s in info[kind]:
+            print(
+                f"  {kind[:-1]:<6} {s['name']}: {s['shape']} {s['dtype']}"
+                + (f" (scale {s['scale']}, zero point {s['zero_point']})" if s["scale"] else "")
+            )
     for note in card.assumed:
         print(f"  assumed: {note}")
     return 0
@@ -153,16 +174,25 @@ def _spec(spec: object) -> dict[str, object]:
     from agent.runtimes import TensorSpec
 
     assert isinstance(spec, TensorSpec)
-    return {"name": spec.name, "shape": list(spec.shape), "dtype": str(spec.dtype),
-            "scale": spec.scale, "zero_point": spec.zero_point}
+    return {
+        "name": spec.name,
+        "shape": list(spec.shape),
+        "dtype": str(spec.dtype),
+        "scale": spec.scale,
+        "zero_point": spec.zero_point,
+    }
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from agent.bench import run_bench
 
     result = run_bench(
-        args.model, source=args.source, frames=args.frames, threads=args.threads,
-        card=args.card, broker=args.broker,
+        args.model,
+        source=args.source,
+        frames=args.frames,
+        threads=args.threads,
+        card=args.card,
+        broker=args.broker,
     )
     if args.json:
         print(json.dumps(result))

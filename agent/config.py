@@ -15,7 +15,9 @@ from agent.errors import ConfigError
 
 ENV_PREFIX = "EDGE_AGENT_"
 # Demo defaults: the assets scripts/fetch-assets places beside the package in a checkout.
-ASSETS_DIR = Path(os.environ.get("EDGE_AGENT_ASSETS", Path(__file__).resolve().parent.parent / "models"))
+ASSETS_DIR = Path(
+    os.environ.get("EDGE_AGENT_ASSETS", Path(__file__).resolve().parent.parent / "models")
+)
 DEFAULT_MODEL = ASSETS_DIR / "person-yolov8s.onnx"
 DEFAULT_VIDEO = ASSETS_DIR / "media" / "bikes.mp4"
 
@@ -27,7 +29,8 @@ class Section(BaseModel):
 class SourceConfig(Section):
     uri: str = Field(
         str(DEFAULT_VIDEO),
-        description="camera index (0) or /dev/videoN, rtsp:// or http(s):// URL, video file or image folder",
+        description="camera index (0) or /dev/videoN, rtsp:// or http(s):// URL, "
+        "video file or image folder",
     )
     fps: float = Field(5.0, ge=0, description="processing cap in frames per second; 0 = no cap")
     loop: bool = Field(False, description="replay a video file or image folder forever")
@@ -58,7 +61,9 @@ class DetectionConfig(Section):
     score_threshold: float | None = Field(
         None, ge=0, le=1, description="minimum score; default: the model card's"
     )
-    iou_threshold: float | None = Field(None, ge=0, le=1, description="NMS overlap; default: card's")
+    iou_threshold: float | None = Field(
+        None, ge=0, le=1, description="NMS overlap; default: card's"
+    )
     labels: list[str] = Field(default_factory=list, description="labels to report; empty = all")
 
 
@@ -86,7 +91,12 @@ class MqttConfig(Section):
     @field_validator("topic_prefix")
     @classmethod
     def _no_wildcards(cls, value: str) -> str:
-        if not value or any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
+        if (
+            not value
+            or any(c in value for c in "+#")
+            or value.startswith("/")
+            or value.endswith("/")
+        ):
             raise ValueError("must be non-empty, without + or #, and not start or end with /")
         return value
 
@@ -113,7 +123,7 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, A
     for key, raw in sorted(environ.items()):
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
-        path = key[len(ENV_PREFIX):].lower().split("__")
+        path = key[len(ENV_PREFIX) :].lower().split("__")
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -135,7 +145,9 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
                     break
             else:
                 return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             node = node.value[part]
             line = node.start_mark.line + 1
         else:
@@ -154,12 +166,18 @@ def _report(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         value = err.get("input")
-        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+        shown = (
+            ""
+            if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict)
+            else f" (got {value!r})"
+        )
         lines.append(f"{where}: {key}: {msg}{shown}")
     return "\n".join(lines)
 
 
-def parse_config(text: str, source: str = "<config>", environ: dict[str, str] | None = None) -> Config:
+def parse_config(
+    text: str, source: str = "<config>", environ: dict[str, str] | None = None
+) -> Config:
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)

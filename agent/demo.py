@@ -25,21 +25,30 @@ def _describe(topic: str, payload: bytes) -> str:
     except ValueError:
         return f"{topic} {payload[:200]!r}"
     if topic.endswith("/detections"):
-        objects = ", ".join(
-            f"{o['label']} {o['score']:.2f} [{', '.join(f'{v:.2f}' for v in o['box'])}]"
-            for o in body["objects"]
-        ) or "-"
-        return (f"{topic} seq={body['seq']} frame={body['frame']['id']} "
-                f"{body['latency_ms']['inference']:.0f} ms  {objects}")
+        objects = (
+            ", ".join(
+                f"{o['label']} {o['score']:.2f} [{', '.join(f'{v:.2f}' for v in o['box'])}]"
+                for o in body["objects"]
+            )
+            or "-"
+        )
+        return (
+            f"{topic} seq={body['seq']} frame={body['frame']['id']} "
+            f"{body['latency_ms']['inference']:.0f} ms  {objects}"
+        )
     return f"{topic} {json.dumps(body)}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=20, help="how long to watch (0: until Ctrl-C)")
+    parser.add_argument(
+        "--seconds", type=float, default=20, help="how long to watch (0: until Ctrl-C)"
+    )
     parser.add_argument("--port", type=int, default=1883, help="local broker port")
     parser.add_argument("--json", action="store_true", help="print raw payloads")
-    parser.add_argument("-c", "--config", help="run the agent with this config instead of the defaults")
+    parser.add_argument(
+        "-c", "--config", help="run the agent with this config instead of the defaults"
+    )
     args = parser.parse_args(argv)
 
     broker = None
@@ -52,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
 
     def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        messages.put((msg.topic, msg.payload))
+        messages.put((msg.topic, bytes(msg.payload)))
 
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-agent-demo-{os.getpid()}")
     sub.on_message = on_message

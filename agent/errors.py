@@ -6,7 +6,7 @@
     │   ├── ModelLoadError   a model file cannot be read or run by its runtime
     │   ├── ModelCardError   a model card is missing fields or contradicts the model
     │   └── DecodeError      model outputs do not fit the family's decoder
-    ├── RuntimeUnavailable   the runtime a model needs is not installed
+    ├── RuntimeUnavailableError   the runtime a model needs is not installed
     ├── SourceError          a camera, stream, file or folder cannot be opened or read
     └── PublishError         the MQTT connection cannot be set up
 
@@ -40,7 +40,7 @@ class DecodeError(ModelError):
     """Model outputs do not have the shapes its family expects."""
 
 
-class RuntimeUnavailable(EdgeAgentError):
+class RuntimeUnavailableError(EdgeAgentError):
     """The runtime for a model format is not installed on this device."""
 
 

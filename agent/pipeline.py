@@ -62,8 +62,13 @@ class Stats:
     def snapshot(self) -> dict[str, float]:
         with self._lock:
             done, lat = list(self._done), sorted(self._latency)
-        fps = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else 0.0
-        p = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else 0.0)
+        fps = (
+            (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else 0.0
+        )
+
+        def p(q: float) -> float:
+            return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else 0.0
+
         return {
             "fps": round(fps, 2),
             "latency_ms_p50": round(p(0.5), 2),
@@ -141,7 +146,9 @@ class Pipeline:
                     self.stats.errors += 1
                     log.exception("preprocessing frame %s failed", frame.id)
                     continue
-                item = _Prepared(frame, tensor, transform, detector, (time.perf_counter() - t0) * 1e3)
+                item = _Prepared(
+                    frame, tensor, transform, detector, (time.perf_counter() - t0) * 1e3
+                )
                 with self._cond:
                     # Lossless hand-over: wait for the infer stage to take the previous item.
                     # Frames are dropped upstream, in the source's newest-frame mailbox.

@@ -87,7 +87,10 @@ def main() -> int:
             data = zf.read(member)
         got = hashlib.sha256(data).hexdigest()
         if got != digest:
-            print(f"fetch-assets: {spec}:{member} has sha256 {got}, expected {digest}", file=sys.stderr)
+            print(
+                f"fetch-assets: {spec}:{member} has sha256 {got}, expected {digest}",
+                file=sys.stderr,
+            )
             failed = True
             continue
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,16 @@ MEDIA = MODELS / "media"
 @pytest.fixture(scope="session")
 def assets() -> Path:
     missing = [
-        p for p in ("person-yolov8s.onnx", "face-short-range.tflite", "face-full-range.tflite",
-                    "pose-detector.tflite", "media/bikes.mp4", "media/carphone_pristine.mp4",
-                    "media/astronaut.png")
+        p
+        for p in (
+            "person-yolov8s.onnx",
+            "face-short-range.tflite",
+            "face-full-range.tflite",
+            "pose-detector.tflite",
+            "media/bikes.mp4",
+            "media/carphone_pristine.mp4",
+            "media/astronaut.png",
+        )
         if not (MODELS / p).is_file()
     ]
     if missing:
@@ -53,7 +60,9 @@ class Subscriber:
     def __init__(self, port: int, topics: list[str]) -> None:
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self.seen: list[tuple[str, bytes, bool]] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{time.monotonic_ns()}")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{time.monotonic_ns()}"
+        )
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.subscribe([(t, 1) for t in topics])
@@ -63,7 +72,9 @@ class Subscriber:
         self.messages.put((msg.topic, msg.payload, bool(msg.retain)))
 
     def wait_for(
-        self, topic_suffix: str, predicate: Callable[[dict[str, Any]], bool] = lambda _: True,
+        self,
+        topic_suffix: str,
+        predicate: Callable[[dict[str, Any]], bool] = lambda _: True,
         timeout: float = 30.0,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -78,7 +89,9 @@ class Subscriber:
                 if predicate(body):
                     return body  # type: ignore[no-any-return]
         kinds = sorted({t for t, _, _ in self.seen})
-        raise AssertionError(f"no message on *{topic_suffix} matching within {timeout} s; saw {kinds}")
+        raise AssertionError(
+            f"no message on *{topic_suffix} matching within {timeout} s; saw {kinds}"
+        )
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -102,12 +115,17 @@ def subscriber(broker: LocalBroker) -> Iterator[Callable[..., Subscriber]]:
 class AgentProcess:
     """``edge-agent run -c CONFIG`` as a real child process."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None, wrap: list[str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, wrap: list[str] | None = None
+    ) -> None:
         self.log = config.with_suffix(".log")
         self._log_fh = open(self.log, "wb")
         cmd = [*(wrap or []), sys.executable, "-m", "agent", "run", "-c", str(config)]
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log_fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            cmd,
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
             start_new_session=True,
         )
 

@@ -16,14 +16,22 @@ from tests.conftest import MEDIA, iou
 def agent_config(port: int, assets: Path, **source: Any) -> dict[str, Any]:
     return {
         "device_id": "cam-test",
-        "source": {"uri": str(MEDIA / "carphone_pristine.mp4"), "fps": 10, "loop": True,
-                   "backoff_initial_s": 0.2, "backoff_max_s": 1.0, **source},
+        "source": {
+            "uri": str(MEDIA / "carphone_pristine.mp4"),
+            "fps": 10,
+            "loop": True,
+            "backoff_initial_s": 0.2,
+            "backoff_max_s": 1.0,
+            **source,
+        },
         "model": {"path": str(assets / "face-short-range.tflite"), "threads": 1},
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 5},
     }
 
 
-def test_detections_arrive_over_mqtt_and_match_the_schema(broker, subscriber, write_config, run_agent, assets):
+def test_detections_arrive_over_mqtt_and_match_the_schema(
+    broker, subscriber, write_config, run_agent, assets
+):
     sub = subscriber("edge-agent/cam-test/#")
     agent = run_agent(write_config(agent_config(broker.port, assets)))
     status = sub.wait_for("/status", lambda s: s["state"] == "online")
@@ -42,7 +50,9 @@ def test_detections_arrive_over_mqtt_and_match_the_schema(broker, subscriber, wr
     assert agent.proc.poll() is None
 
 
-def test_sigterm_leaves_retained_status_stopped(broker, subscriber, write_config, run_agent, assets):
+def test_sigterm_leaves_retained_status_stopped(
+    broker, subscriber, write_config, run_agent, assets
+):
     sub = subscriber("edge-agent/cam-test/#")
     agent = run_agent(write_config(agent_config(broker.port, assets)))
     sub.wait_for("/detections")
@@ -66,7 +76,9 @@ def test_kill_9_leaves_retained_status_offline(broker, subscriber, write_config,
     assert late.wait_for("/status")["state"] == "offline"
 
 
-def test_missing_video_is_retried_and_reported_until_it_appears(broker, subscriber, write_config, run_agent, assets, tmp_path):
+def test_missing_video_is_retried_and_reported_until_it_appears(
+    broker, subscriber, write_config, run_agent, assets, tmp_path
+):
     video = tmp_path / "later.mp4"
     sub = subscriber("edge-agent/cam-test/#")
     agent = run_agent(write_config(agent_config(broker.port, assets, uri=str(video))))
@@ -81,7 +93,9 @@ def test_missing_video_is_retried_and_reported_until_it_appears(broker, subscrib
     assert "retry" in agent.output().lower()
 
 
-def test_removed_video_is_reported_and_the_agent_stays_up(broker, subscriber, write_config, run_agent, assets, tmp_path):
+def test_removed_video_is_reported_and_the_agent_stays_up(
+    broker, subscriber, write_config, run_agent, assets, tmp_path
+):
     video = tmp_path / "clip.mp4"
     shutil.copy(MEDIA / "carphone_pristine.mp4", video)
     sub = subscriber("edge-agent/cam-test/#")
@@ -92,12 +106,20 @@ def test_removed_video_is_reported_and_the_agent_stays_up(broker, subscriber, wr
     assert agent.proc.poll() is None, agent.output()
 
 
-def test_unreachable_stream_is_retried_and_the_agent_stays_up(broker, subscriber, write_config, run_agent, assets):
+def test_unreachable_stream_is_retried_and_the_agent_stays_up(
+    broker, subscriber, write_config, run_agent, assets
+):
     sub = subscriber("edge-agent/cam-test/#")
     # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-    agent = run_agent(write_config(agent_config(broker.port, assets, uri="rtsp://127.0.0.1:9/stream")))
+    agent = run_agent(
+        write_config(agent_config(broker.port, assets, uri="rtsp://127.0.0.1:9/stream"))
+    )
     first = sub.wait_for("/status", lambda s: s.get("source", {}).get("state") == "retrying")
-    sub.wait_for("/status", lambda s: s.get("source", {}).get("failures", 0) > first["source"]["failures"], timeout=20)
+    sub.wait_for(
+        "/status",
+        lambda s: s.get("source", {}).get("failures", 0) > first["source"]["failures"],
+        timeout=20,
+    )
     assert agent.proc.poll() is None, agent.output()
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0

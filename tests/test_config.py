@@ -54,7 +54,9 @@ def test_missing_model_file_is_reported(tmp_path: Path) -> None:
     cfg.write_text("device_id: cam\nmodel:\n  path: /nonexistent/model.onnx\n")
     result = check_config(cfg)
     assert result.returncode == 1
-    assert f"{cfg}:3: model.path: model file '/nonexistent/model.onnx' does not exist" in result.stderr
+    assert (
+        f"{cfg}:3: model.path: model file '/nonexistent/model.onnx' does not exist" in result.stderr
+    )
 
 
 def test_invalid_yaml_is_reported_with_line(tmp_path: Path) -> None:
@@ -69,7 +71,10 @@ def test_run_refuses_a_bad_config_and_exits_1(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("detection:\n  score_threshold: 3\n")
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "-c", str(cfg)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "agent", "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert f"{cfg}:2: detection.score_threshold" in result.stderr
@@ -79,14 +84,20 @@ def test_run_with_a_missing_model_exits_1_naming_the_file(tmp_path: Path) -> Non
     cfg = tmp_path / "nomodel.yaml"
     cfg.write_text("model:\n  path: /nonexistent/model.onnx\n")
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "-c", str(cfg)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "agent", "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "/nonexistent/model.onnx: no such model file" in result.stderr
 
 
 def test_environment_overrides_nested_keys() -> None:
-    config = parse_config("mqtt:\n  host: a\n", environ={"EDGE_AGENT_MQTT__HOST": "b", "EDGE_AGENT_MQTT__PORT": "8883"})
+    config = parse_config(
+        "mqtt:\n  host: a\n",
+        environ={"EDGE_AGENT_MQTT__HOST": "b", "EDGE_AGENT_MQTT__PORT": "8883"},
+    )
     assert (config.mqtt.host, config.mqtt.port) == ("b", 8883)
 
 
@@ -98,7 +109,10 @@ def test_topic_unsafe_device_id_is_refused() -> None:
 def test_password_comes_from_file_credentials_or_environment(tmp_path: Path) -> None:
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
-    assert mqtt_password(parse_config(f"mqtt:\n  password_file: {secret}\n", environ={}).mqtt, {}) == "s3cret"
+    assert (
+        mqtt_password(parse_config(f"mqtt:\n  password_file: {secret}\n", environ={}).mqtt, {})
+        == "s3cret"
+    )
     (tmp_path / "mqtt-password").write_text("fromcred")
     plain = parse_config("", environ={}).mqtt
     assert mqtt_password(plain, {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "fromcred"
@@ -114,7 +128,10 @@ def test_defaults_are_the_demo() -> None:
 
 def test_config_schema_command_prints_json_schema() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "agent", "config", "schema"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "agent", "config", "schema"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     schema = json.loads(out.stdout)
     assert "mqtt" in schema["properties"]

@@ -15,8 +15,10 @@ import pytest
 
 from tests.conftest import MEDIA
 
-BIND = re.compile(r'getsockname\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\)')
-INET = re.compile(r'connect\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\), .*?inet_(?:addr|pton)\((?:AF_INET6?, )?"([^"]+)"')
+BIND = re.compile(r"getsockname\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\)")
+INET = re.compile(
+    r'connect\(\d+, \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\), .*?inet_(?:addr|pton)\((?:AF_INET6?, )?"([^"]+)"'
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 
@@ -38,20 +40,39 @@ def test_trace_parser_sees_a_connect(tmp_path: Path) -> None:
     # Control: the parser below must notice a connection attempt when there is one.
     trace = tmp_path / "control.trace"
     code = "import socket\ntry:\n socket.create_connection(('127.0.0.2', 9), timeout=1)\nexcept OSError:\n pass\n"
-    subprocess.run(["strace", "-f", "-e", "trace=connect,getsockname", "-o", str(trace), sys.executable, "-c", code], check=True)
+    subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-e",
+            "trace=connect,getsockname",
+            "-o",
+            str(trace),
+            sys.executable,
+            "-c",
+            code,
+        ],
+        check=True,
+    )
     assert ("127.0.0.2", 9) in inet_connects(trace)
 
 
-def test_agent_connects_only_to_its_broker(broker, subscriber, write_config, run_agent, assets, tmp_path):
+def test_agent_connects_only_to_its_broker(
+    broker, subscriber, write_config, run_agent, assets, tmp_path
+):
     sub = subscriber("edge-agent/cam-net/#")
     trace = tmp_path / "agent.trace"
-    config = write_config({
-        "device_id": "cam-net",
-        "source": {"uri": str(MEDIA / "bikes.mp4"), "fps": 2, "loop": True},
-        "model": {"path": str(assets / "person-yolov8s.onnx"), "threads": 2},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port},
-    })
-    agent = run_agent(config, wrap=["strace", "-f", "-e", "trace=connect,getsockname", "-o", str(trace)])
+    config = write_config(
+        {
+            "device_id": "cam-net",
+            "source": {"uri": str(MEDIA / "bikes.mp4"), "fps": 2, "loop": True},
+            "model": {"path": str(assets / "person-yolov8s.onnx"), "threads": 2},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        }
+    )
+    agent = run_agent(
+        config, wrap=["strace", "-f", "-e", "trace=connect,getsockname", "-o", str(trace)]
+    )
     sub.wait_for("/detections", timeout=60)
     time.sleep(8)  # onnxruntime's telemetry looks a host up every few seconds when enabled
     agent.signal(signal.SIGTERM)

@@ -60,7 +60,9 @@ def test_person_detector_finds_the_cyclist_in_bikes_video(person: Detector) -> N
 
 
 @pytest.mark.parametrize("model", ["face-short-range.tflite", "face-full-range.tflite"])
-def test_blazeface_finds_the_astronauts_face(assets: Path, astronaut: np.ndarray, model: str) -> None:
+def test_blazeface_finds_the_astronauts_face(
+    assets: Path, astronaut: np.ndarray, model: str
+) -> None:
     detections, _ = Detector.load(assets / model).detect(astronaut)
     assert len(detections) == 1
     assert iou(detections[0].box, ASTRONAUT_FACE) > 0.6
@@ -104,9 +106,21 @@ def test_nothing_is_found_in_a_blank_image(person: Detector, assets: Path) -> No
 
 def test_detect_command_prints_one_json_object_per_image(assets: Path, tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "agent", "detect", str(assets / "face-short-range.tflite"),
-         str(MEDIA / "astronaut.png"), str(MEDIA / "astronaut.png"), "--json", "--draw", str(tmp_path)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "detect",
+            str(assets / "face-short-range.tflite"),
+            str(MEDIA / "astronaut.png"),
+            str(MEDIA / "astronaut.png"),
+            "--json",
+            "--draw",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(lines) == 2
@@ -121,8 +135,18 @@ def test_detect_command_prints_one_json_object_per_image(assets: Path, tmp_path:
 
 def test_model_info_reports_card_and_tensors(assets: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "agent", "model", "info", str(assets / "person-yolov8s.onnx"), "--json"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "model",
+            "info",
+            str(assets / "person-yolov8s.onnx"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     info = json.loads(out.stdout)
     assert info["inputs"][0]["shape"] == [1, 3, 640, 640]

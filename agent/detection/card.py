@@ -58,7 +58,9 @@ class AnchorDecodeSpec(_Strict):
     box_scale: list[float] = Field(
         description="x, y, w, h scales the regressors are divided by (usually the input size)"
     )
-    reverse_output_order: bool = Field(True, description="regressors are x, y, w, h (not y, x, h, w)")
+    reverse_output_order: bool = Field(
+        True, description="regressors are x, y, w, h (not y, x, h, w)"
+    )
     sigmoid_score: bool = True
     score_clipping: float = 100.0
     num_keypoints: int = 0
@@ -174,15 +176,22 @@ def infer_card(model_path: str | Path, runtime: Runtime) -> ModelCard:
         format="onnx" if path.suffix == ".onnx" else "tflite",
         family=family,
         input=InputSpec(
-            width=width, height=height, layout=layout, color=color,
-            resize=resize, pad_value=pad, scale=scale,
+            width=width,
+            height=height,
+            layout=layout,
+            color=color,
+            resize=resize,
+            pad_value=pad,
+            scale=scale,
         ),
         labels=labels,
         assumed=assumed,
     )
 
 
-def resolve_card(model_path: str | Path, runtime: Runtime, card: str | Path | None = None) -> ModelCard:
+def resolve_card(
+    model_path: str | Path, runtime: Runtime, card: str | Path | None = None
+) -> ModelCard:
     """The card named, else the one beside the model, else a guessed one."""
     if card is not None:
         return load_card(card)

@@ -72,7 +72,9 @@ class Detector:
         delegate: str | None = None,
         warmup: bool = True,
     ) -> Detector:
-        rt = load_runtime(path, threads=threads, runtime=runtime, providers=providers, delegate=delegate)
+        rt = load_runtime(
+            path, threads=threads, runtime=runtime, providers=providers, delegate=delegate
+        )
         detector = cls(rt, resolve_card(path, rt, card))
         if warmup:
             detector.warmup()
@@ -86,7 +88,11 @@ class Detector:
             )
         shape = self.runtime.inputs[0].shape
         spec = self.card.input
-        want = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
+        want = (
+            (1, 3, spec.height, spec.width)
+            if spec.layout == "NCHW"
+            else (1, spec.height, spec.width, 3)
+        )
         if tuple(shape) != want:
             raise ModelCardError(
                 f"{self.runtime.path}: the card says input {spec.width}x{spec.height} "
@@ -146,7 +152,9 @@ class Detector:
         detections = self.postprocess(outputs, transform, settings)
         t3 = time.perf_counter()
         times.preprocess, times.inference, times.decode = (
-            (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3,
+            (t1 - t0) * 1e3,
+            (t2 - t1) * 1e3,
+            (t3 - t2) * 1e3,
         )
         return detections, times
 

@@ -53,7 +53,9 @@ class Preprocessor:
         h, w = frame_bgr.shape[:2]
         if spec.resize == "stretch":
             sx, sy = spec.width / w, spec.height / h
-            canvas = cv2.resize(frame_bgr, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
+            canvas = cv2.resize(
+                frame_bgr, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR
+            )
             pad_x = pad_y = 0.0
         else:
             s = min(spec.width / w, spec.height / h)

@@ -3,6 +3,7 @@ paho's own reconnect with capped backoff. Callbacks only record state; they neve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -73,10 +74,14 @@ class MqttPublisher:
             log.warning("MQTT TLS certificate verification is OFF (mqtt.tls.insecure: true)")
             self._client.tls_insecure_set(True)
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
-            log.error("MQTT %s:%s refused the connection: %s", self.config.host, self.config.port, reason)
+            log.error(
+                "MQTT %s:%s refused the connection: %s", self.config.host, self.config.port, reason
+            )
             return
         if self._ever_connected:
             self.reconnects += 1
@@ -87,7 +92,9 @@ class MqttPublisher:
         client.publish(self.topics.status, self.status_payload("online"), qos=1, retain=True)
         self.connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         self.connected.clear()
         if reason.is_failure:
             self.last_error = f"disconnected: {reason}"
@@ -98,12 +105,16 @@ class MqttPublisher:
 
     def start(self) -> None:
         try:
-            self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive)
+            self._client.connect_async(
+                self.config.host, self.config.port, keepalive=self.config.keepalive
+            )
         except (OSError, ValueError) as exc:
             raise PublishError(f"MQTT {self.config.host}:{self.config.port}: {exc}") from exc
         self._client.loop_start()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def publish_status(self, state: str = "online") -> None:
@@ -127,11 +138,11 @@ class MqttPublisher:
     def close(self, final_state: str = "stopped", timeout: float = 5.0) -> None:
         """Publish the final retained status, deliver what is queued, disconnect."""
         if self.connected.is_set():
-            info = self.publish(self.topics.status, self.status_payload(final_state), qos=1, retain=True)
-            try:
+            info = self.publish(
+                self.topics.status, self.status_payload(final_state), qos=1, retain=True
+            )
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
-                pass
             self.flush(timeout)
         rc = self._client.disconnect()
         if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):

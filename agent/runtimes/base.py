@@ -54,11 +54,11 @@ def quantize(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if spec.quantized:
         info = np.iinfo(spec.dtype)
         q = np.rint(array / spec.scale) + spec.zero_point
-        return np.clip(q, info.min, info.max).astype(spec.dtype)
+        return np.asarray(np.clip(q, info.min, info.max), dtype=spec.dtype)
     if np.issubdtype(spec.dtype, np.integer):
         # An unquantized integer input (e.g. raw uint8 pixels): values are already in range.
         info = np.iinfo(spec.dtype)
-        return np.clip(np.rint(array), info.min, info.max).astype(spec.dtype)
+        return np.asarray(np.clip(np.rint(array), info.min, info.max), dtype=spec.dtype)
     return array.astype(spec.dtype)
 
 

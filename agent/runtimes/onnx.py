@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 import agent  # noqa: F401  (sets ORT_DISABLE_TELEMETRY before onnxruntime is imported)
-from agent.errors import ModelLoadError, RuntimeUnavailable
+from agent.errors import ModelLoadError, RuntimeUnavailableError
 from agent.runtimes.base import TensorSpec, dequantize, quantize
 
 _ORT_TYPES = {
@@ -30,13 +30,11 @@ def _static_shape(shape: Sequence[object]) -> tuple[int, ...]:
 class OnnxRuntime:
     """A model run by onnxruntime."""
 
-    def __init__(
-        self, path: str, threads: int = 0, providers: Sequence[str] | None = None
-    ) -> None:
+    def __init__(self, path: str, threads: int = 0, providers: Sequence[str] | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
-            raise RuntimeUnavailable("onnxruntime is not installed") from exc
+            raise RuntimeUnavailableError("onnxruntime is not installed") from exc
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
@@ -47,7 +45,7 @@ class OnnxRuntime:
         wanted = list(providers) if providers else ["CPUExecutionProvider"]
         missing = [p for p in wanted if p not in available]
         if missing:
-            raise RuntimeUnavailable(
+            raise RuntimeUnavailableError(
                 f"onnxruntime execution provider(s) {missing} not available; have {available}"
             )
         try:
@@ -69,7 +67,9 @@ class OnnxRuntime:
     def infer(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         feed = {spec.name: quantize(a, spec) for spec, a in zip(self.inputs, arrays, strict=True)}
         results = self._session.run(None, feed)
-        return [dequantize(np.asarray(r), spec) for r, spec in zip(results, self.outputs, strict=True)]
+        return [
+            dequantize(np.asarray(r), spec) for r, spec in zip(results, self.outputs, strict=True)
+        ]
 
     def close(self) -> None:
         del self._session

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ModelLoadError, RuntimeUnavailable
+from agent.errors import ModelLoadError, RuntimeUnavailableError
 from agent.runtimes.base import TensorSpec, dequantize, quantize
 
 
@@ -19,11 +19,11 @@ def _interpreter_module() -> Any:
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter  # type: ignore[no-redef]
+        from tflite_runtime import interpreter
 
         return interpreter
     except ImportError as exc:
-        raise RuntimeUnavailable(
+        raise RuntimeUnavailableError(
             "no TFLite interpreter: install ai-edge-litert (or tflite-runtime)"
         ) from exc
 
@@ -49,7 +49,9 @@ class TFLiteRuntime:
             try:
                 delegates.append(module.load_delegate(delegate))
             except (ValueError, OSError) as exc:
-                raise ModelLoadError(f"{path}: cannot load TFLite delegate {delegate}: {exc}") from exc
+                raise ModelLoadError(
+                    f"{path}: cannot load TFLite delegate {delegate}: {exc}"
+                ) from exc
         try:
             self._interpreter = module.Interpreter(
                 model_path=path,

@@ -15,7 +15,9 @@ from agent.detection.types import Candidates
 Decoder = Callable[[Sequence[np.ndarray], ModelCard, float, Sequence[str]], Candidates]
 
 
-def _yolo(outputs: Sequence[np.ndarray], card: ModelCard, threshold: float, names: Sequence[str]) -> Candidates:
+def _yolo(
+    outputs: Sequence[np.ndarray], card: ModelCard, threshold: float, names: Sequence[str]
+) -> Candidates:
     return decode_yolo(outputs, card, threshold)
 
 

@@ -41,7 +41,8 @@ def generate_anchors(spec: AnchorSpec, input_width: int, input_height: int) -> n
                     scales.append(scale)
                 if spec.interpolated_scale_aspect_ratio > 0:
                     following = (
-                        1.0 if last == len(spec.strides) - 1
+                        1.0
+                        if last == len(spec.strides) - 1
                         else _scale(spec.min_scale, spec.max_scale, last + 1, n)
                     )
                     scales.append(math.sqrt(scale * following))
@@ -67,15 +68,21 @@ def _cached_anchors(spec_json: str, width: int, height: int) -> np.ndarray:
     return generate_anchors(AnchorSpec.model_validate_json(spec_json), width, height)
 
 
-def _split(outputs: Sequence[np.ndarray], card: ModelCard, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def _split(
+    outputs: Sequence[np.ndarray], card: ModelCard, names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     if card.outputs:
         by_name = dict(zip(names, outputs, strict=True))
         try:
             return by_name[card.outputs["boxes"]], by_name[card.outputs["scores"]]
         except KeyError as exc:
-            raise DecodeError(f"model card names output {exc} which the model does not have") from exc
+            raise DecodeError(
+                f"model card names output {exc} which the model does not have"
+            ) from exc
     if len(outputs) != 2:
-        raise DecodeError(f"anchor models have two outputs (regressors, scores), got {len(outputs)}")
+        raise DecodeError(
+            f"anchor models have two outputs (regressors, scores), got {len(outputs)}"
+        )
     a, b = outputs
     return (a, b) if a.shape[-1] >= b.shape[-1] else (b, a)
 

@@ -16,13 +16,17 @@ from agent.detection.types import Candidates
 from agent.errors import DecodeError
 
 
-def _roles(outputs: Sequence[np.ndarray], card: ModelCard, names: Sequence[str]) -> dict[str, np.ndarray]:
+def _roles(
+    outputs: Sequence[np.ndarray], card: ModelCard, names: Sequence[str]
+) -> dict[str, np.ndarray]:
     if card.outputs:
         by_name = dict(zip(names, outputs, strict=True))
         try:
             return {role: by_name[name] for role, name in card.outputs.items()}
         except KeyError as exc:
-            raise DecodeError(f"model card names output {exc} which the model does not have") from exc
+            raise DecodeError(
+                f"model card names output {exc} which the model does not have"
+            ) from exc
     boxes = [o for o in outputs if o.ndim == 3 and o.shape[-1] == 4]
     counts = [o for o in outputs if o.size == 1]
     per_box = [o for o in outputs if o.ndim == 2 and o.size > 1]

@@ -28,11 +28,14 @@ def yolo_layout(shape: tuple[int, ...], num_classes: int, version: str = "auto")
             raise DecodeError(f"yolo v5 output {list(shape)} does not fit {num_classes} classes")
         return "v5"
     raise DecodeError(
-        f"yolo output {list(shape)} fits neither [1, 4+{num_classes}, N] nor [1, N, 5+{num_classes}]"
+        f"yolo output {list(shape)} fits neither [1, 4+{num_classes}, N] "
+        f"nor [1, N, 5+{num_classes}]"
     )
 
 
-def decode_yolo(outputs: Sequence[np.ndarray], card: ModelCard, score_threshold: float) -> Candidates:
+def decode_yolo(
+    outputs: Sequence[np.ndarray], card: ModelCard, score_threshold: float
+) -> Candidates:
     if len(outputs) != 1:
         raise DecodeError(f"yolo models have one output, this one has {len(outputs)}")
     out = outputs[0]
