@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from agent.config import check_files, parse_config
+    from agent.config import relative_to, check_files, parse_config
     from agent.errors import ConfigError
 
     path = Path(args.config)
@@ -49,7 +49,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    problems = check_files(config, str(path), text)
+    problems = check_files(relative_to(config, path.resolve().parent), str(path), text)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1

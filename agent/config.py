@@ -79,7 +79,7 @@ class MqttConfig(Section):
     port: int = Field(1883, gt=0, lt=65536, description="broker port")
     topic_prefix: str = Field("edge-agent", description="topics are {topic_prefix}/{device_id}/...")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of detection messages")
-    client_id: str | None = Field(None, description="MQTT client id; default: the device id")
+    client_id: str | None = Field(None, description="MQTT client id; default: edge-agent-<device_id>")
     keepalive: int = Field(30, ge=5, description="seconds between keepalive pings")
     protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version")
     username: str | None = Field(None, description="broker user name")
@@ -205,7 +205,25 @@ def load_config(path: str | Path | None, environ: dict[str, str] | None = None) 
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    return parse_config(text, str(path), environ)
+    return relative_to(parse_config(text, str(path), environ), Path(path).resolve().parent)
+
+
+def relative_to(config: Config, base: Path) -> Config:
+    """Relative file paths in a config file mean: beside the config file."""
+
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else base / p
+
+    config.model.path = fix(config.model.path) or config.model.path
+    config.model.card = fix(config.model.card)
+    config.mqtt.password_file = fix(config.mqtt.password_file)
+    if config.mqtt.tls is not None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            setattr(config.mqtt.tls, name, fix(getattr(config.mqtt.tls, name)))
+    uri = config.source.uri
+    if "://" not in uri and not uri.isdigit() and not Path(uri).is_absolute():
+        config.source.uri = str(base / uri)
+    return config
 
 
 def check_files(config: Config, source: str = "<config>", text: str = "") -> list[str]:

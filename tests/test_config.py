@@ -136,3 +136,16 @@ def test_config_schema_command_prints_json_schema() -> None:
     schema = json.loads(out.stdout)
     assert "mqtt" in schema["properties"]
     assert schema["additionalProperties"] is False
+
+
+def test_example_config_in_the_repository_is_valid(assets: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "config.example.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", str(example)],
+        capture_output=True, text=True, cwd="/",
+    )
+    assert result.returncode == 0, result.stderr
+    # Relative paths in a config file are taken from the file's folder, wherever the agent starts.
+    config = load_config(example)
+    assert config.model.path == example.parent / "models" / "person-yolov8s.onnx"
+    assert config.source.uri == str(example.parent / "models" / "media" / "bikes.mp4")
