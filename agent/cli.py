@@ -64,35 +64,14 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _draw(image_path: Path, image: object, detections: Sequence[object], out_dir: Path) -> Path:
+def _draw(image_path: Path, image: Any, detections: Sequence[Any], out_dir: Path) -> Path:
     import cv2
 
-    from agent.detection import Detection
+    from agent.detection.draw import annotate
 
-    canvas = image.copy()  # type: ignore[attr-defined]
-    h, w = canvas.shape[:2]
-    for d in detections:
-        assert isinstance(d, Detection)
-        x1, y1, x2, y2 = (
-            int(d.box[0] * w),
-            int(d.box[1] * h),
-            int(d.box[2] * w),
-            int(d.box[3] * h),
-        )
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 200, 0), 2)
-        cv2.putText(
-            canvas,
-            f"{d.label} {d.score:.2f}",
-            (x1, max(12, y1 - 4)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.5,
-            (0, 200, 0),
-            1,
-            cv2.LINE_AA,
-        )
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{image_path.stem}.jpg"
-    cv2.imwrite(str(out), canvas)
+    cv2.imwrite(str(out), annotate(image, detections))
     return out
 
 

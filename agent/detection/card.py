@@ -89,6 +89,11 @@ class ModelCard(_Strict):
     yolo_version: Literal["auto", "v5", "v8"] = Field(
         "auto", description="yolo: output [1, 4+nc, N] (v8/v11) or [1, N, 5+nc] (v5)"
     )
+    yolo_boxes: Literal["auto", "pixels", "normalized"] = Field(
+        "auto",
+        description="yolo: box units; Ultralytics ONNX gives input pixels, its TFLite exports 0..1; "
+        "auto tells them apart by value",
+    )
     label_offset: int = Field(0, description="ssd: subtract from class ids before label lookup")
     anchors: AnchorSpec | None = None
     decode: AnchorDecodeSpec | None = None

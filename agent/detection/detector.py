@@ -125,7 +125,7 @@ class Detector:
         if settings.labels and len(candidates):
             wanted = {i for i, name in enumerate(self.card.labels) if name in settings.labels}
             candidates = candidates.select(np.isin(candidates.class_ids, list(wanted)))
-        kept = nms(candidates, score, iou)
+        kept = nms(candidates, iou)
         boxes = transform.to_frame(kept.boxes)
         labels = self.card.labels
         return [

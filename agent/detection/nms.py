@@ -8,7 +8,7 @@ import numpy as np
 from agent.detection.types import Candidates
 
 
-def nms(candidates: Candidates, score_threshold: float, iou_threshold: float) -> Candidates:
+def nms(candidates: Candidates, iou_threshold: float) -> Candidates:
     """Keep the best box of each overlapping group of the same class."""
     if len(candidates) == 0:
         return candidates
@@ -19,7 +19,8 @@ def nms(candidates: Candidates, score_threshold: float, iou_threshold: float) ->
         xywh.astype(np.float64).tolist(),
         candidates.scores.astype(np.float64).tolist(),
         candidates.class_ids.astype(np.int32).tolist(),
-        score_threshold,
+        # The decoder already applied the score threshold (inclusive); OpenCV's is exclusive.
+        0.0,
         iou_threshold,
     )
     index = np.asarray(keep, np.int64).reshape(-1)

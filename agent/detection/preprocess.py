@@ -59,8 +59,9 @@ class Preprocessor:
             pad_x = pad_y = 0.0
         else:
             s = min(spec.width / w, spec.height / h)
-            sx = sy = s
             nw, nh = round(w * s), round(h * s)
+            # The frame lands on nw x nh pixels: map boxes back by that, not by the unrounded s.
+            sx, sy = nw / w, nh / h
             pad_x, pad_y = (spec.width - nw) / 2, (spec.height - nh) / 2
             resized = cv2.resize(frame_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
             top, left = int(pad_y), int(pad_x)

@@ -132,7 +132,11 @@ def decode_anchors(
 
         def keypoint(k: int) -> tuple[np.ndarray, np.ndarray]:
             off = d.keypoint_offset + 2 * k
-            return (r[:, off] / sx * a[:, 2] + a[:, 0], r[:, off + 1] / sy * a[:, 3] + a[:, 1])
+            # Keypoints follow the box order: x, y when reversed, else y, x (as in MediaPipe).
+            kx, ky = r[:, off], r[:, off + 1]
+            if not d.reverse_output_order:
+                kx, ky = ky, kx
+            return (kx / sx * a[:, 2] + a[:, 0], ky / sy * a[:, 3] + a[:, 1])
 
         cx, cy = keypoint(center)
         ex, ey = keypoint(edge)

@@ -53,6 +53,11 @@ def decode_yolo(
         return Candidates.empty()
     xywh = rows[keep, :4]
     w, h = float(card.input.width), float(card.input.height)
+    normalized = card.yolo_boxes == "normalized" or (
+        card.yolo_boxes == "auto" and float(np.abs(xywh).max()) <= 1.5
+    )
+    if normalized:
+        w = h = 1.0
     boxes = np.empty_like(xywh)
     boxes[:, 0] = (xywh[:, 0] - xywh[:, 2] / 2) / w
     boxes[:, 1] = (xywh[:, 1] - xywh[:, 3] / 2) / h
