@@ -1,36 +1,60 @@
-"""Wiring: builds the source, detector, publisher and pipeline from the config, starts them in
-order and stops them in reverse, publishing the final status."""
+"""Wiring: builds the source, detector, outbox, MQTT connection and pipeline from the config,
+runs the control loop (commands, metrics, discovery), and stops everything in reverse order."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
+import time
+from collections import Counter
 from types import FrameType
+from typing import Any
 
+from agent import __version__
+from agent.commands import CommandError, CommandProcessor
 from agent.config import Config
 from agent.detection import Detector, DetectorSettings
+from agent.detection.draw import annotate, jpeg_within
+from agent.health import ProcessUsage
+from agent.overlay import deep_merge, merged, read_overlay, with_overlay, write_overlay
 from agent.pipeline import Pipeline, Result
 from agent.publish import MqttPublisher
+from agent.publish.homeassistant import discovery_messages
+from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
 from agent.sources import FrameSource, SourceStatus, open_source
 
 log = logging.getLogger("agent.app")
 
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus= keeps it from restart loops
+
 
 class Agent:
-    """The daemon: one source, one detector (swappable), one MQTT connection."""
+    """The daemon: one source, one detector (swappable), one MQTT connection with its outbox."""
 
     def __init__(self, config: Config) -> None:
-        self.config = config
+        self.config = with_overlay(config)
         self._stop = threading.Event()
-        self._seq = 0
         self.detector: Detector | None = None
         self.source: FrameSource | None = None
         self.pipeline: Pipeline | None = None
+        self.usage = ProcessUsage()
+        self.commands = CommandProcessor(self)
+        self._latest: Result | None = None
+        self._last_signature: tuple[tuple[str, int], ...] | None = None
+        self._last_publish = 0.0
+        self.outbox = Outbox(self.config.outbox_path, self.config.mqtt.outbox.max_messages)
         self.publisher = MqttPublisher(
-            config.mqtt, config.device_id, status_extra=self._status_extra
+            self.config.mqtt,
+            self.config.device_id,
+            outbox=self.outbox,
+            status_extra=self._status_extra,
         )
+        self.topics = self.publisher.topics
+
+    # --- status and results ---
 
     def _status_extra(self) -> dict[str, object]:
         extra: dict[str, object] = {}
@@ -46,27 +70,123 @@ class Agent:
 
     def _on_source_status(self, status: SourceStatus) -> None:
         # Runs on the source's thread; paho's publish is thread-safe and does not block.
-        if self._stop.is_set():
-            return
-        if status.state == "retrying":
-            log.warning("source %s: %s (retry %d)", status.uri, status.last_error, status.failures)
-        self.publisher.publish_status("online")
+        if not self._stop.is_set():
+            self.publisher.publish_status("online")
+
+    def _should_publish(self, result: Result) -> bool:
+        publish = self.config.publish
+        if publish.mode == "every_frame":
+            return True
+        signature = tuple(sorted(Counter(d.label for d in result.detections).items()))
+        now = time.monotonic()
+        if signature != self._last_signature or now - self._last_publish >= publish.heartbeat_s:
+            self._last_signature = signature
+            return True
+        return False
 
     def _on_result(self, result: Result) -> None:
-        self._seq += 1
+        self._latest = result
+        if not self._should_publish(result):
+            return
+        self._last_publish = time.monotonic()
         frame = result.frame
         h, w = frame.image.shape[:2]
-        payload = detections_message(
-            self._seq,
-            frame.id,
-            w,
-            h,
-            frame.ts,
-            (result.model_name, result.model_version),
-            (result.times.inference, result.times.total),
-            [d.to_dict() for d in result.detections],
+        objects = [d.to_dict() for d in result.detections]
+
+        def build(seq: int) -> bytes:
+            return detections_message(
+                seq,
+                frame.id,
+                w,
+                h,
+                frame.ts,
+                (result.model_name, result.model_version),
+                (result.times.inference, result.times.total),
+                objects,
+            )
+
+        self.publisher.send(self.topics.detections, build, qos=self.config.mqtt.qos)
+
+    # --- command handlers' side (called on the control thread) ---
+
+    def ping(self) -> dict[str, Any]:
+        return {
+            "agent_version": __version__,
+            "uptime_s": self.usage.uptime_s(),
+            "ts": round(time.time(), 3),
+        }
+
+    def _settings(self) -> DetectorSettings:
+        d = self.config.detection
+        return DetectorSettings(d.score_threshold, d.iou_threshold, tuple(d.labels))
+
+    def apply_config_patch(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """Validate ``patch`` against the whole config, apply it live, persist it."""
+        new = merged(self.config, patch)  # raises ConfigError, changing nothing
+        overlay = deep_merge(read_overlay(self.config.overlay_path), patch)
+        write_overlay(self.config.overlay_path, overlay)
+        self.config = new
+        if self.pipeline is not None:
+            self.pipeline.settings = self._settings()
+        if self.source is not None and "source" in patch:
+            self.source.set_fps(new.source.fps)
+        self._last_signature = None
+        log.info("config changed over MQTT: %s", json.dumps(patch))
+        return {
+            "detection": new.detection.model_dump(),
+            "source": {"fps": new.source.fps},
+            "publish": new.publish.model_dump(),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        latest = self._latest
+        if latest is None:
+            raise CommandError("no frame has been processed yet")
+        jpeg = jpeg_within(
+            annotate(latest.frame.image, latest.detections), self.config.publish.snapshot_max_bytes
         )
-        self.publisher.publish(self.publisher.topics.detections, payload, qos=self.config.mqtt.qos)
+        topic = f"{self.topics.base}/snapshot"
+        self.publisher.publish(topic, jpeg, qos=1)
+        h, w = latest.frame.image.shape[:2]
+        return {
+            "topic": topic,
+            "bytes": len(jpeg),
+            "frame": {"id": latest.frame.id, "width": w, "height": h},
+            "objects": len(latest.detections),
+        }
+
+    # --- metrics and discovery ---
+
+    def metrics(self) -> dict[str, Any]:
+        assert self.pipeline is not None
+        stats = self.pipeline.stats.snapshot()
+        source = self.source.status if self.source is not None else None
+        return {
+            **stats,
+            "ts": round(time.time(), 3),
+            "dropped_frames": source.dropped if source else 0,
+            "source_state": source.state if source else None,
+            "outbox_depth": self.outbox.depth,
+            "outbox_dropped": self.outbox.dropped,
+            "reconnects": self.publisher.reconnects,
+            "commands_rejected": self.commands.rejected,
+            "rss_mb": self.usage.rss_mb(),
+            "cpu_percent": self.usage.cpu_percent(),
+            "uptime_s": self.usage.uptime_s(),
+        }
+
+    def _discovery(self) -> None:
+        ha = self.config.homeassistant
+        if ha is None or not ha.enabled or self.detector is None:
+            return
+        labels = ha.labels or self.config.detection.labels or self.detector.card.labels
+        for topic, payload in discovery_messages(
+            self.topics, ha.discovery_prefix, labels, self.detector.card.name
+        ):
+            self.publisher.publish(topic, payload, qos=1, retain=True)
+        log.info("Home Assistant discovery published for %s", ", ".join(labels))
+
+    # --- lifecycle ---
 
     def start(self) -> None:
         c = self.config
@@ -78,16 +198,21 @@ class Agent:
             providers=c.model.providers or None,
             delegate=c.model.delegate,
         )
+        card = self.detector.card
         log.info(
-            "model %s %s (%s, %s) loaded from %s",
-            self.detector.card.name,
-            self.detector.card.version,
-            self.detector.card.family,
-            c.model.path.suffix,
-            c.model.path,
+            "model %s %s (%s) loaded from %s", card.name, card.version, card.family, c.model.path
         )
-        for note in self.detector.card.assumed:
+        for note in card.assumed:
             log.info("model card assumed: %s", note)
+        self.publisher.subscribe(f"{self.topics.base}/cmd/#")
+        self.publisher.subscribe(f"{c.mqtt.topic_prefix}/all/cmd/#")
+        if c.homeassistant is not None and c.homeassistant.enabled:
+            self.publisher.subscribe(f"{c.homeassistant.discovery_prefix}/status")
+        if self.outbox.depth:
+            log.info(
+                "outbox holds %d undelivered messages from before; sending them first",
+                self.outbox.depth,
+            )
         self.publisher.start()
         self.source = open_source(
             c.source.uri,
@@ -98,12 +223,7 @@ class Agent:
             backoff_max_s=c.source.backoff_max_s,
             on_status=self._on_source_status,
         )
-        settings = DetectorSettings(
-            score_threshold=c.detection.score_threshold,
-            iou_threshold=c.detection.iou_threshold,
-            labels=tuple(c.detection.labels),
-        )
-        self.pipeline = Pipeline(self.source, self.detector, self._on_result, settings)
+        self.pipeline = Pipeline(self.source, self.detector, self._on_result, self._settings())
         self.source.start()
         self.pipeline.start()
 
@@ -112,23 +232,66 @@ class Agent:
             log.info("received %s, stopping", signal.Signals(signum).name)
         self._stop.set()
 
+    def _handle_incoming(self, topic: str, payload: bytes) -> None:
+        c = self.config
+        if c.homeassistant is not None and topic == f"{c.homeassistant.discovery_prefix}/status":
+            if payload.strip() == b"online":  # Home Assistant restarted: announce again
+                self._discovery()
+            return
+        for prefix in (f"{self.topics.base}/cmd/", f"{c.mqtt.topic_prefix}/all/cmd/"):
+            if topic.startswith(prefix):
+                name = topic[len(prefix) :]
+                if name.endswith("/reply") or name == "reply":
+                    return  # our own replies (and other devices') come back on cmd/#
+                name, reply = self.commands.handle(name, payload)
+                self.publisher.publish(self.topics.reply(name), reply, qos=1)
+                return
+
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT, or until a finite source has been fully processed."""
+        """Run until SIGTERM/SIGINT, a finite source is fully processed, or the broker refuses our
+        credentials. Returns the process exit code."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         self.start()
         assert self.pipeline is not None
+        was_connected = False
+        next_metrics = time.monotonic() + self.config.publish.metrics_interval_s
         while not self._stop.is_set() and not self.pipeline.finished.is_set():
-            self._stop.wait(0.5)
+            if self.publisher.fatal:
+                self.stop()
+                return EXIT_CONFIG
+            connected = self.publisher.connected.is_set()
+            if connected and not was_connected:
+                self._discovery()
+            was_connected = connected
+            try:
+                msg = self.publisher.incoming.get(timeout=0.2)
+                self._handle_incoming(msg.topic, bytes(msg.payload))
+            except Exception as exc:  # queue.Empty, or a bug: the control loop must go on
+                if type(exc).__name__ != "Empty":
+                    log.exception("handling an incoming message failed")
+            now = time.monotonic()
+            if now >= next_metrics:
+                next_metrics = now + self.config.publish.metrics_interval_s
+                self.publisher.publish(
+                    self.topics.metrics, json.dumps(self.metrics()).encode(), qos=0
+                )
         self.stop()
         return 0
 
-    def stop(self) -> None:
+    def stop(self, flush_timeout: float = 10.0) -> None:
+        """Stop taking frames, deliver what is queued (up to ``flush_timeout``), say "stopped"."""
+        self._stop.set()
         if self.source is not None:
             self.source.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
-        self.publisher.close("stopped")
+        self.publisher.close("stopped", timeout=flush_timeout)
         if self.detector is not None:
             self.detector.close()
-        log.info("stopped after %d frames", self.pipeline.stats.frames if self.pipeline else 0)
+        left = self.outbox.depth
+        log.info(
+            "stopped after %d frames%s",
+            self.pipeline.stats.frames if self.pipeline else 0,
+            f"; {left} messages stay in the outbox for the next start" if left else "",
+        )

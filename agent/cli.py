@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from agent.config import relative_to, check_files, parse_config
+    from agent.config import check_files, parse_config, relative_to
     from agent.errors import ConfigError
 
     path = Path(args.config)

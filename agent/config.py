@@ -72,6 +72,14 @@ class TlsConfig(Section):
     cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
     key_file: Path | None = Field(None, description="client key (mutual TLS)")
     insecure: bool = Field(False, description="skip certificate verification (never in production)")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="lowest TLS version accepted")
+
+
+class OutboxConfig(Section):
+    path: Path | None = Field(None, description="SQLite file; default: <store.path>/outbox.sqlite")
+    max_messages: int = Field(
+        100_000, ge=10, description="bound of the queue; when full the oldest are dropped"
+    )
 
 
 class MqttConfig(Section):
@@ -79,7 +87,9 @@ class MqttConfig(Section):
     port: int = Field(1883, gt=0, lt=65536, description="broker port")
     topic_prefix: str = Field("edge-agent", description="topics are {topic_prefix}/{device_id}/...")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of detection messages")
-    client_id: str | None = Field(None, description="MQTT client id; default: edge-agent-<device_id>")
+    client_id: str | None = Field(
+        None, description="MQTT client id; default: edge-agent-<device_id>"
+    )
     keepalive: int = Field(30, ge=5, description="seconds between keepalive pings")
     protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version")
     username: str | None = Field(None, description="broker user name")
@@ -87,6 +97,8 @@ class MqttConfig(Section):
         None, description="file holding the password (or set EDGE_AGENT_MQTT_PASSWORD)"
     )
     tls: TlsConfig | None = Field(None, description="TLS settings; absent = plain TCP")
+    reconnect_max_s: float = Field(60, ge=1, description="cap of the reconnect backoff")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -101,6 +113,47 @@ class MqttConfig(Section):
         return value
 
 
+def _default_store() -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY; root gets the FHS place; anyone else a
+    # folder of their own (the demo, a developer's checkout).
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/edge-agent")
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "edge-agent"
+
+
+class StoreConfig(Section):
+    path: Path = Field(
+        default_factory=_default_store,
+        description="state folder: outbox, config overlay, models; default /var/lib/edge-agent "
+        "(root), $STATE_DIRECTORY under systemd, else ~/.local/state/edge-agent",
+    )
+
+
+class PublishConfig(Section):
+    mode: Literal["every_frame", "on_change"] = Field(
+        "every_frame",
+        description="every_frame: one message per processed frame; on_change: when the labels "
+        "or their counts change, plus a heartbeat",
+    )
+    heartbeat_s: float = Field(60, gt=0, description="on_change: publish at least this often")
+    metrics_interval_s: float = Field(30, gt=0, description="period of B/metrics")
+    snapshot_max_bytes: int = Field(
+        256_000, ge=10_000, description="cap of a snapshot JPEG (it is scaled down to fit)"
+    )
+
+
+class HomeAssistantConfig(Section):
+    enabled: bool = Field(True, description="publish MQTT discovery when this section is present")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
+    labels: list[str] = Field(
+        default_factory=list,
+        description="labels with a binary sensor and a count sensor; default: detection.labels, "
+        "else the model's labels",
+    )
+
+
 class Config(Section):
     device_id: str = Field(
         default_factory=socket.gethostname, description="device name in topics; default: host name"
@@ -109,6 +162,19 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    homeassistant: HomeAssistantConfig | None = Field(
+        None, description="Home Assistant MQTT discovery; absent = off"
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.mqtt.outbox.path or self.store.path / "outbox.sqlite"
+
+    @property
+    def overlay_path(self) -> Path:
+        return self.store.path / "config.overlay.yaml"
 
     @field_validator("device_id")
     @classmethod
@@ -216,6 +282,8 @@ def relative_to(config: Config, base: Path) -> Config:
 
     config.model.path = fix(config.model.path) or config.model.path
     config.model.card = fix(config.model.card)
+    config.mqtt.outbox.path = fix(config.mqtt.outbox.path)
+    config.store.path = fix(config.store.path) or config.store.path
     config.mqtt.password_file = fix(config.mqtt.password_file)
     if config.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):

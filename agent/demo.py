@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             topic, payload = messages.get()
             if topic.endswith("/status"):
                 print(_describe(topic, payload), flush=True)
-        sub.loop_stop()
         sub.disconnect()
+        sub.loop_stop()
         if broker is not None:
             broker.stop()
     print(f"demo: {received} detection messages received; agent exit code {agent.returncode}")

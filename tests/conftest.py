@@ -94,8 +94,8 @@ class Subscriber:
         )
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -154,6 +154,8 @@ class AgentProcess:
 @pytest.fixture
 def write_config(tmp_path: Path) -> Callable[..., Path]:
     def write(data: dict[str, Any], name: str = "config.yaml") -> Path:
+        # Each test keeps its outbox and overlay to itself.
+        data = {"store": {"path": str(tmp_path / "state")}, **data}
         path = tmp_path / name
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path

@@ -135,7 +135,9 @@ class SsdOutputs:
             np.asarray([n if count is None else count], np.float32),
         )
 
-    def named(self, order: Sequence[str], names: Sequence[str] | None) -> list[tuple[str, np.ndarray]]:
+    def named(
+        self, order: Sequence[str], names: Sequence[str] | None
+    ) -> list[tuple[str, np.ndarray]]:
         names = list(names) if names is not None else list(order)
         return [(n, getattr(self, role)) for n, role in zip(names, order, strict=True)]
 
@@ -309,15 +311,21 @@ class _TFLiteGraph:
     def dequantize(self, x: int, out: int) -> None:
         s = self.s
         self.op(
-            s.BuiltinOperator.DEQUANTIZE, [x], [out],
-            s.BuiltinOptions.DequantizeOptions, s.DequantizeOptionsT(),
+            s.BuiltinOperator.DEQUANTIZE,
+            [x],
+            [out],
+            s.BuiltinOptions.DequantizeOptions,
+            s.DequantizeOptionsT(),
         )
 
     def quantize(self, x: int, out: int) -> None:
         s = self.s
         self.op(
-            s.BuiltinOperator.QUANTIZE, [x], [out],
-            s.BuiltinOptions.QuantizeOptions, s.QuantizeOptionsT(),
+            s.BuiltinOperator.QUANTIZE,
+            [x],
+            [out],
+            s.BuiltinOptions.QuantizeOptions,
+            s.QuantizeOptionsT(),
         )
 
 
@@ -383,8 +391,10 @@ def ssd_tflite(
     w, h = size
     ssd = SsdOutputs.of(boxes, classes, scores, count)
     if names is None:
-        names = [f"TFLite_Detection_PostProcess:{i}" if i else "TFLite_Detection_PostProcess"
-                 for i in range(len(order))]
+        names = [
+            f"TFLite_Detection_PostProcess:{i}" if i else "TFLite_Detection_PostProcess"
+            for i in range(len(order))
+        ]
     return _tflite_constant_model(
         Path(directory) / f"{name}.tflite",
         (1, h, w, 3),

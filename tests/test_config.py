@@ -142,7 +142,9 @@ def test_example_config_in_the_repository_is_valid(assets: Path) -> None:
     example = Path(__file__).resolve().parent.parent / "config.example.yaml"
     result = subprocess.run(
         [sys.executable, "-m", "agent", "check-config", str(example)],
-        capture_output=True, text=True, cwd="/",
+        capture_output=True,
+        text=True,
+        cwd="/",
     )
     assert result.returncode == 0, result.stderr
     # Relative paths in a config file are taken from the file's folder, wherever the agent starts.

@@ -23,7 +23,9 @@ Expected = tuple[str, float, Box]  # label, score, (x1, y1, x2, y2) normalised t
 LABELS = ["person", "car", "dog"]
 
 
-def make_card(family: str, size: tuple[int, int], labels: Sequence[str], **fields: Any) -> ModelCard:
+def make_card(
+    family: str, size: tuple[int, int], labels: Sequence[str], **fields: Any
+) -> ModelCard:
     w, h = size
     data: dict[str, Any] = {"name": "generated", "family": family, "labels": list(labels)}
     data["input"] = {"width": w, "height": h, **fields.pop("input", {})}
@@ -86,8 +88,9 @@ def yolo_v8_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def v8_card(**fields: Any) -> ModelCard:
-    return make_card("yolo", (64, 64), LABELS, input={"layout": "NCHW", **fields.pop("input", {})},
-                     **fields)
+    return make_card(
+        "yolo", (64, 64), LABELS, input={"layout": "NCHW", **fields.pop("input", {})}, **fields
+    )
 
 
 def test_yolo_v8_boxes_are_mapped_back_through_the_letterbox(yolo_v8_model: Path) -> None:
@@ -101,7 +104,10 @@ def test_yolo_v8_boxes_are_mapped_back_through_the_letterbox(yolo_v8_model: Path
 def test_yolo_score_threshold_from_settings_overrides_the_card(yolo_v8_model: Path) -> None:
     got = detect(yolo_v8_model, v8_card(), frame(128, 64), DetectorSettings(score_threshold=0.35))
     assert [(d.label, round(d.score, 4)) for d in got] == [
-        ("person", 0.9), ("car", 0.7), ("car", 0.6), ("dog", 0.4)
+        ("person", 0.9),
+        ("car", 0.7),
+        ("car", 0.6),
+        ("dog", 0.4),
     ]
     np.testing.assert_allclose(got[-1].box, V8_DOG, atol=1e-4)
 
@@ -176,7 +182,8 @@ def test_yolo_fp16_model_decodes_like_fp32(tmp_path: Path) -> None:
     # 0.9, 0.7 and 0.6 are not float16 numbers: the scores come back rounded to the nearest one.
     half = [float(np.float16(s)) for s in (0.9, 0.7, 0.6)]
     assert_detections(
-        got, [("person", half[0], V8_PERSON), ("car", half[1], V8_PERSON), ("car", half[2], V8_CAR2)]
+        got,
+        [("person", half[0], V8_PERSON), ("car", half[1], V8_PERSON), ("car", half[2], V8_CAR2)],
     )
 
 
@@ -211,7 +218,12 @@ def test_ssd_tflite_decodes_with_float_and_quantized_inputs(
     tmp_path: Path, input_dtype: type[Any], quant: tuple[float, int] | None
 ) -> None:
     path = modelgen.ssd_tflite(
-        tmp_path, SSD_BOXES, SSD_CLASSES, SSD_SCORES, SSD_COUNT, input_dtype=input_dtype,
+        tmp_path,
+        SSD_BOXES,
+        SSD_CLASSES,
+        SSD_SCORES,
+        SSD_COUNT,
+        input_dtype=input_dtype,
         quant=quant,
     )
     card = make_card("ssd", (64, 64), LABELS, input=QUANT_INPUT if quant else {})
@@ -252,7 +264,9 @@ def test_ssd_stretch_resize_keeps_input_coordinates(tmp_path: Path) -> None:
     path = modelgen.ssd_tflite(tmp_path, SSD_BOXES, SSD_CLASSES, SSD_SCORES, SSD_COUNT)
     card = make_card("ssd", (64, 64), LABELS, input={"resize": "stretch"})
     box: Box = (0.25, 0.375, 0.5, 0.625)
-    assert_detections(detect(path, card, frame(128, 64)), [("person", 0.9, box), ("car", 0.85, box)])
+    assert_detections(
+        detect(path, card, frame(128, 64)), [("person", 0.9, box), ("car", 0.85, box)]
+    )
 
 
 def test_ssd_onnx_outputs_found_by_the_names_the_card_gives(tmp_path: Path) -> None:
@@ -267,7 +281,11 @@ def test_ssd_onnx_outputs_found_by_the_names_the_card_gives(tmp_path: Path) -> N
 
 def test_ssd_onnx_outputs_found_by_shape_when_scores_come_before_classes(tmp_path: Path) -> None:
     path = modelgen.ssd_onnx(
-        tmp_path, SSD_BOXES, SSD_CLASSES, SSD_SCORES, SSD_COUNT,
+        tmp_path,
+        SSD_BOXES,
+        SSD_CLASSES,
+        SSD_SCORES,
+        SSD_COUNT,
         order=("boxes", "scores", "classes", "count"),
     )
     card = make_card("ssd", (64, 64), LABELS)
@@ -301,7 +319,9 @@ def sigmoid(x: float) -> float:
 
 def anchors_card(**decode: Any) -> ModelCard:
     return make_card(
-        "anchors", ANCHOR_SIZE, ["face"],
+        "anchors",
+        ANCHOR_SIZE,
+        ["face"],
         thresholds={"score": 0.5, "iou": 0.3},
         anchors=ANCHOR_SPEC,
         decode={"box_scale": [32, 16, 32, 16], **decode},
@@ -390,7 +410,7 @@ def keypoint_regressors(y_first: bool) -> tuple[np.ndarray, np.ndarray]:
     # x .3375..4625, y .15..4 -> frame x .175..425 (square in the frame: 8 x 8 px).
     kps = [(0.8, 0.4), (2.4, 1.6)]
     for i, (x, y) in enumerate(kps):
-        regressors[0, 2, 4 + 2 * i: 6 + 2 * i] = (y, x) if y_first else (x, y)
+        regressors[0, 2, 4 + 2 * i : 6 + 2 * i] = (y, x) if y_first else (x, y)
     if y_first:
         regressors[0, :, :4] = regressors[0, :, [1, 0, 3, 2]].T
     return regressors, scores
@@ -404,7 +424,9 @@ def test_anchors_box_from_keypoints_is_a_square_around_the_centre_keypoint(
     tmp_path: Path, anchors_builder: AnchorBuilder, y_first: bool
 ) -> None:
     path = anchors_builder(tmp_path, *keypoint_regressors(y_first), size=ANCHOR_SIZE)
-    card = anchors_card(num_keypoints=2, box_from_keypoints=[0, 1], reverse_output_order=not y_first)
+    card = anchors_card(
+        num_keypoints=2, box_from_keypoints=[0, 1], reverse_output_order=not y_first
+    )
     got = detect(path, card, frame(32, 32))
     assert_detections(got, [("face", sigmoid(2.0), KEYPOINT_BOX)])
     x1, y1, x2, y2 = got[0].box
@@ -425,8 +447,11 @@ def test_anchor_count_does_not_fit_the_outputs(tmp_path: Path) -> None:
 
 def anchor_spec(**fields: Any) -> AnchorSpec:
     base: dict[str, Any] = {
-        "min_scale": 0.1484375, "max_scale": 0.75, "aspect_ratios": [1.0],
-        "fixed_anchor_size": True, "interpolated_scale_aspect_ratio": 1.0,
+        "min_scale": 0.1484375,
+        "max_scale": 0.75,
+        "aspect_ratios": [1.0],
+        "fixed_anchor_size": True,
+        "interpolated_scale_aspect_ratio": 1.0,
     }
     return AnchorSpec.model_validate({**base, **fields})
 
@@ -465,7 +490,11 @@ def test_blazepose_detector_has_2254_anchors() -> None:
 def test_anchor_sizes_follow_scales_and_aspect_ratios_when_not_fixed() -> None:
     # Two layers of different strides: scales .2 and .4 (min + (max - min) * i / (n - 1)).
     spec = anchor_spec(
-        num_layers=2, strides=[8, 16], min_scale=0.2, max_scale=0.4, aspect_ratios=[1.0, 2.0],
+        num_layers=2,
+        strides=[8, 16],
+        min_scale=0.2,
+        max_scale=0.4,
+        aspect_ratios=[1.0, 2.0],
         fixed_anchor_size=False,
     )
     anchors = generate_anchors(spec, 32, 16)

@@ -81,7 +81,8 @@ def test_tflite_tensor_spec_reports_scale_and_zero_point(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("dtype", "scale", "zero_point"), [(np.int8, 1 / 64, 0), (np.uint8, 1 / 32, 100)],
+    ("dtype", "scale", "zero_point"),
+    [(np.int8, 1 / 64, 0), (np.uint8, 1 / 32, 100)],
     ids=["int8", "uint8"],
 )
 def test_tflite_quantized_output_is_dequantized_to_float32(
@@ -92,7 +93,9 @@ def test_tflite_quantized_output_is_dequantized_to_float32(
     assert (spec.dtype, spec.zero_point) == (np.dtype(dtype), zero_point)
     assert spec.scale == pytest.approx(scale)
     info = np.iinfo(dtype)
-    x = ramp(runtime.inputs[0].shape, (info.min - zero_point) * scale, (info.max - zero_point) * scale)
+    x = ramp(
+        runtime.inputs[0].shape, (info.min - zero_point) * scale, (info.max - zero_point) * scale
+    )
     (out,) = runtime.infer([x])
     assert out.dtype == np.float32
     assert np.abs(out - x).max() <= scale / 2 + 1e-6
@@ -140,7 +143,10 @@ def test_onnx_tensor_specs_name_shapes_and_float_types(tmp_path: Path) -> None:
     runtime = load_runtime(modelgen.ssd_onnx(tmp_path, boxes, [1, 2], [0.9, 0.8]))
     assert runtime.inputs == [TensorSpec("image", (1, 64, 64, 3), np.dtype(np.float32))]
     assert [(o.name, o.shape) for o in runtime.outputs] == [
-        ("boxes", (1, 2, 4)), ("classes", (1, 2)), ("scores", (1, 2)), ("count", (1,)),
+        ("boxes", (1, 2, 4)),
+        ("classes", (1, 2)),
+        ("scores", (1, 2)),
+        ("count", (1,)),
     ]
     assert not any(o.quantized for o in runtime.outputs)
     runtime.close()

@@ -91,7 +91,8 @@ class ModelCard(_Strict):
     )
     yolo_boxes: Literal["auto", "pixels", "normalized"] = Field(
         "auto",
-        description="yolo: box units; Ultralytics ONNX gives input pixels, its TFLite exports 0..1; "
+        description="yolo: box units; Ultralytics ONNX gives input pixels, its TFLite exports "
+        "0..1; "
         "auto tells them apart by value",
     )
     label_offset: int = Field(0, description="ssd: subtract from class ids before label lookup")

@@ -18,8 +18,14 @@ def annotate(image: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
         x2, y2 = int(d.box[2] * w), int(d.box[3] * h)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 200, 0), 2)
         cv2.putText(
-            canvas, f"{d.label} {d.score:.2f}", (x1, max(12, y1 - 4)),
-            cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA,
+            canvas,
+            f"{d.label} {d.score:.2f}",
+            (x1, max(12, y1 - 4)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            (0, 200, 0),
+            1,
+            cv2.LINE_AA,
         )
     return canvas
 

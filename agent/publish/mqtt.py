@@ -1,10 +1,11 @@
-"""The MQTT connection: paho 2.x with a retained last will, "online" on every connect and
-paho's own reconnect with capped backoff. Callbacks only record state; they never block."""
+"""The MQTT connection: paho 2.x with a retained last will, "online" and re-subscription on every
+connect, paho's reconnect with capped backoff, TLS, and a drainer thread that sends the disk outbox
+in order. paho callbacks only record state or enqueue; they never block or do real work."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import queue
 import ssl
 import threading
 import time
@@ -12,34 +13,78 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig, mqtt_password
 from agent.errors import PublishError
+from agent.publish.outbox import Outbox
 from agent.publish.payloads import status_message
 from agent.publish.topics import Topics
 
 log = logging.getLogger("agent.mqtt")
 
+# CONNACK reason codes that retrying cannot fix (MQTT 5 values; paho maps 3.1.1's 4 and 5 to them).
+_AUTH_FAILURES = {134: "bad user name or password", 135: "not authorized"}
+_TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext:
+    tls = config.tls
+    assert tls is not None
+    try:
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
+        )
+        ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
+        if tls.cert_file:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise PublishError(f"MQTT TLS setup failed: {exc}") from exc
+    if tls.insecure:
+        log.warning("MQTT TLS certificate verification is OFF (mqtt.tls.insecure: true)")
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
 
 class MqttPublisher:
-    """Publishes to ``{prefix}/{device_id}/...``. ``publish`` never blocks on the network:
-    paho queues messages while the broker is away and sends them after reconnecting."""
+    """Publishes to ``{prefix}/{device_id}/...`` and receives subscribed messages.
+
+    ``send`` puts a message in the disk outbox (when there is one) and returns at once; the drainer
+    thread hands stored messages to paho in order while connected and deletes each one when the
+    broker acknowledges it. paho resends what is in flight after a reconnect; after a restart the
+    drainer starts again from the oldest unacknowledged message.
+    """
 
     def __init__(
         self,
         config: MqttConfig,
         device_id: str,
         *,
+        outbox: Outbox | None = None,
         status_extra: Callable[[], dict[str, object]] | None = None,
+        window: int = 256,
     ) -> None:
         self.config = config
         self.topics = Topics(config.topic_prefix, device_id)
+        self.outbox = outbox
         self._status_extra = status_extra or dict
         self.connected = threading.Event()
         self.reconnects = 0
-        self._ever_connected = False
+        self.connects = 0
         self.last_error: str | None = None
+        self.fatal: str | None = None
+        self.incoming: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=1000)
+        self.incoming_dropped = 0
+        self._subscriptions: list[tuple[str, int]] = []
+        self._window = window
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox id
+        self._inflight_lock = threading.Lock()
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._last_sent = 0  # outbox id of the newest message handed to paho
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._drainer: threading.Thread | None = None
         protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -47,61 +92,126 @@ class MqttPublisher:
             protocol=protocol,
         )
         self._client.enable_logger(logging.getLogger("agent.mqtt.paho"))
-        self._client.reconnect_delay_set(min_delay=1, max_delay=60)
-        self._client.max_queued_messages_set(10000)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=int(config.reconnect_max_s))
+        self._client.max_inflight_messages_set(64)
         if config.username:
             self._client.username_pw_set(config.username, mqtt_password(config))
         if config.tls is not None:
-            self._setup_tls()
+            self._client.tls_set_context(tls_context(config))
         self._client.will_set(self.topics.status, status_message("offline"), qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
 
-    def _setup_tls(self) -> None:
-        tls = self.config.tls
-        assert tls is not None
-        try:
-            self._client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise PublishError(f"MQTT TLS setup failed: {exc}") from exc
-        if tls.insecure:
-            log.warning("MQTT TLS certificate verification is OFF (mqtt.tls.insecure: true)")
-            self._client.tls_insecure_set(True)
+    # --- paho callbacks (paho's network thread: record, enqueue, return) ---
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            self.last_error = f"broker refused the connection: {reason}"
-            log.error(
-                "MQTT %s:%s refused the connection: %s", self.config.host, self.config.port, reason
-            )
+            code = getattr(reason, "value", None)
+            if code in _AUTH_FAILURES:
+                # Retrying with the same credentials only hammers the broker: stop and say why.
+                self.fatal = (
+                    f"MQTT broker {self.config.host}:{self.config.port} refused the login: "
+                    f"{_AUTH_FAILURES[code]} (user {self.config.username!r}); fix mqtt.username / "
+                    "the password and restart"
+                )
+                log.error("%s", self.fatal)
+                client.disconnect()
+            else:
+                self.last_error = f"broker refused the connection: {reason}"
+                log.error(
+                    "MQTT %s:%s refused the connection: %s",
+                    self.config.host,
+                    self.config.port,
+                    reason,
+                )
             return
-        if self._ever_connected:
+        self.connects += 1
+        if self.connects > 1:
             self.reconnects += 1
-        self._ever_connected = True
         self.last_error = None
         log.info("MQTT connected to %s:%s", self.config.host, self.config.port)
-        # Re-announce on every connect: the broker published our will while we were away.
+        # Re-announce and re-subscribe on every connect: the broker published our will while we
+        # were away, and a clean session forgets subscriptions.
         client.publish(self.topics.status, self.status_payload("online"), qos=1, retain=True)
+        if self._subscriptions:
+            client.subscribe(self._subscriptions)
         self.connected.set()
+        self._wake.set()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        was_connected = self.connected.is_set()
         self.connected.clear()
-        if reason.is_failure:
+        if reason.is_failure and was_connected:
             self.last_error = f"disconnected: {reason}"
-            log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason)
+            log.warning("MQTT connection lost (%s); reconnecting with backoff", reason)
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        self._acks.put(mid)
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.incoming.put_nowait(msg)
+        except queue.Full:
+            self.incoming_dropped += 1  # a flood of commands must not grow memory
+
+    # --- the drainer thread ---
+
+    def _drain_loop(self) -> None:
+        assert self.outbox is not None
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            self._collect_acks()
+            if not self.connected.is_set():
+                continue
+            with self._inflight_lock:
+                room = self._window - len(self._inflight)
+            if room <= 0:
+                continue
+            batch = self.outbox.peek(after_id=self._last_sent, limit=room)
+            for m in batch:
+                info = self._client.publish(m.topic, m.payload, qos=m.qos)
+                if m.qos == 0:
+                    self.outbox.ack([m.id])
+                else:
+                    with self._inflight_lock:
+                        self._inflight[info.mid] = m.id
+                self._last_sent = m.id
+            if len(batch) == room:
+                self._wake.set()  # more waiting: go on without sleeping
+
+    def _collect_acks(self) -> None:
+        ids = []
+        with self._inflight_lock:
+            while True:
+                try:
+                    mid = self._acks.get_nowait()
+                except queue.Empty:
+                    break
+                if mid in self._inflight:
+                    ids.append(self._inflight.pop(mid))
+        if ids and self.outbox is not None:
+            self.outbox.ack(ids)
+
+    # --- public ---
 
     def status_payload(self, state: str) -> bytes:
         return status_message(state, **self._status_extra())
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Subscribe now and after every reconnect; messages arrive on ``incoming``."""
+        self._subscriptions.append((topic, qos))
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos)
 
     def start(self) -> None:
         try:
@@ -111,10 +221,23 @@ class MqttPublisher:
         except (OSError, ValueError) as exc:
             raise PublishError(f"MQTT {self.config.host}:{self.config.port}: {exc}") from exc
         self._client.loop_start()
+        if self.outbox is not None:
+            self._drainer = threading.Thread(target=self._drain_loop, name="outbox", daemon=True)
+            self._drainer.start()
+
+    def send(self, topic: str, build: Callable[[int], bytes], qos: int = 1) -> int:
+        """Queue ``build(seq)`` for ``topic``: through the outbox when there is one."""
+        if self.outbox is not None:
+            seq = self.outbox.put(topic, build, qos)
+            self._wake.set()
+            return seq
+        self._client.publish(topic, build(0), qos=qos)
+        return 0
 
     def publish(
         self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
     ) -> mqtt.MQTTMessageInfo:
+        """Publish directly (status, replies, metrics): not stored, dropped while offline."""
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def publish_status(self, state: str = "online") -> None:
@@ -125,26 +248,38 @@ class MqttPublisher:
         return self.connected.wait(timeout)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every queued QoS>0 message is acknowledged (or the timeout)."""
+        """Wait until the outbox is empty and paho has nothing unacknowledged (or the timeout)."""
         deadline = time.monotonic() + timeout
-        while self._pending() and time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.connected.is_set():
+            self._wake.set()
+            if (self.outbox is None or self.outbox.depth == 0) and not self._pending():
+                return True
             time.sleep(0.05)
-        return self._pending() == 0
+        return (self.outbox is None or self.outbox.depth == 0) and not self._pending()
 
     def _pending(self) -> int:
-        # paho keeps unacknowledged outgoing messages here; no public accessor exists.
+        # paho keeps unacknowledged outgoing messages here; it has no public accessor.
         return len(getattr(self._client, "_out_messages", {}))
 
     def close(self, final_state: str = "stopped", timeout: float = 5.0) -> None:
-        """Publish the final retained status, deliver what is queued, disconnect."""
+        """Deliver what is queued (up to ``timeout``), publish the final status, disconnect.
+        What is still in the outbox stays on disk for the next start."""
         if self.connected.is_set():
+            self.flush(timeout)
             info = self.publish(
                 self.topics.status, self.status_payload(final_state), qos=1, retain=True
             )
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(timeout)
-            self.flush(timeout)
-        rc = self._client.disconnect()
-        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            log.debug("MQTT disconnect returned %s", rc)
+            deadline = time.monotonic() + 2.0
+            while (
+                not info.is_published() and time.monotonic() < deadline and self.connected.is_set()
+            ):
+                time.sleep(0.02)
+        self._stop.set()
+        self._wake.set()
+        if self._drainer is not None:
+            self._drainer.join(5)
+            self._collect_acks()
+        self._client.disconnect()
         self._client.loop_stop()
+        if self.outbox is not None:
+            self.outbox.close()

@@ -144,6 +144,7 @@ class FrameSource:
             raise ValueError("backoff needs 0 < backoff_initial_s <= backoff_max_s")
         self.uri = uri
         self.fps = float(fps)
+        self._replan = False
         self.loop = loop
         self.realtime = realtime
         self.backoff_initial_s = backoff_initial_s
@@ -321,11 +322,21 @@ class FrameSource:
         self._next_tick = now
         self._next_due = now
 
+    def set_fps(self, fps: float) -> None:
+        """Change the cap while running; the reader thread applies it before its next frame."""
+        if fps < 0:
+            raise ValueError(f"fps must be >= 0, got {fps}")
+        self.fps = float(fps)
+        self._replan = True
+
     def _step(self) -> bool:
         """Read one frame and hand it over, or pass over it to keep under the cap.
 
         False at the end of a finite source.
         """
+        if self._replan:
+            self._replan = False
+            self._plan_rates()
         if self._pace_s:
             delay = self._next_tick - time.monotonic()
             if delay > 0 and self._stop.wait(delay):

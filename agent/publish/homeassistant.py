@@ -1,0 +1,110 @@
+"""Home Assistant MQTT discovery: retained configs for a binary sensor and a count sensor per
+watched label, fps and status sensors, one device, availability tied to ``B/status``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.publish.topics import Topics
+
+# HA marks the entities unavailable for anything but "online" (also for our "stopped").
+AVAILABILITY_TEMPLATE = "{{ 'online' if value_json.state == 'online' else 'offline' }}"
+
+
+def _count_template(label: str) -> str:
+    return (
+        "{{ value_json.objects | selectattr('label', 'equalto', "
+        + json.dumps(label)
+        + ") | list | length }}"
+    )
+
+
+def discovery_messages(
+    topics: Topics, discovery_prefix: str, labels: Sequence[str], model_name: str
+) -> list[tuple[str, bytes]]:
+    """(topic, retained payload) for every entity of this device."""
+    node = topics.device_id
+    device = {
+        "identifiers": [f"edge-agent-{node}"],
+        "name": f"edge-agent {node}",
+        "manufacturer": "edge-agent",
+        "model": model_name,
+        "sw_version": __version__,
+    }
+    availability = {
+        "availability": [{"topic": topics.status, "value_template": AVAILABILITY_TEMPLATE}],
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
+    entities: list[tuple[str, str, dict[str, object]]] = []
+    for label in labels:
+        slug = "".join(c if c.isalnum() else "_" for c in label.lower())
+        count = _count_template(label)
+        entities.append(
+            (
+                "binary_sensor",
+                f"{slug}_detected",
+                {
+                    "name": f"{label} detected",
+                    "state_topic": topics.detections,
+                    "value_template": f"{{{{ 'ON' if ({count[3:-3]}) > 0 else 'OFF' }}}}",
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                    "device_class": "occupancy",
+                    **availability,
+                },
+            )
+        )
+        entities.append(
+            (
+                "sensor",
+                f"{slug}_count",
+                {
+                    "name": f"{label} count",
+                    "state_topic": topics.detections,
+                    "value_template": count,
+                    "state_class": "measurement",
+                    "icon": "mdi:counter",
+                    **availability,
+                },
+            )
+        )
+    entities.append(
+        (
+            "sensor",
+            "fps",
+            {
+                "name": "inference fps",
+                "state_topic": topics.metrics,
+                "value_template": "{{ value_json.fps }}",
+                "unit_of_measurement": "fps",
+                "state_class": "measurement",
+                "entity_category": "diagnostic",
+                **availability,
+            },
+        )
+    )
+    entities.append(
+        (
+            "sensor",
+            "status",
+            {
+                # No availability here: this entity shows "offline" itself.
+                "name": "agent status",
+                "state_topic": topics.status,
+                "value_template": "{{ value_json.state }}",
+                "entity_category": "diagnostic",
+                "icon": "mdi:cctv",
+            },
+        )
+    )
+    out = []
+    for component, object_id, config in entities:
+        config["unique_id"] = f"edge_agent_{node}_{object_id}"
+        config["object_id"] = f"edge_agent_{node}_{object_id}"
+        config["device"] = device
+        topic = f"{discovery_prefix}/{component}/edge_agent_{node}/{object_id}/config"
+        out.append((topic, json.dumps(config, separators=(",", ":")).encode()))
+    return out
