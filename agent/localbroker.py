@@ -57,9 +57,20 @@ def free_port() -> int:
 class LocalBroker:
     """Starts a broker on 127.0.0.1:``port``; ``stop`` ends it. ``restart`` keeps the port."""
 
-    def __init__(self, port: int | None = None, prefer: str = "mosquitto") -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        prefer: str = "mosquitto",
+        *,
+        persistence: bool = False,
+        listener_config: str = "allow_anonymous true\n",
+    ) -> None:
+        """``persistence``: keep sessions and queued messages across ``restart`` (mosquitto).
+        ``listener_config``: mosquitto lines for the listener (auth, TLS files...)."""
         self.port = port or free_port()
         self.prefer = prefer
+        self.persistence = persistence
+        self.listener_config = listener_config
         self.process: subprocess.Popen[bytes] | None = None
         self.kind = ""
         self._dir = tempfile.TemporaryDirectory(prefix="edge-agent-broker-")
@@ -68,9 +79,15 @@ class LocalBroker:
         binary = mosquitto_binary() if self.prefer == "mosquitto" else None
         if binary:
             conf = Path(self._dir.name) / "mosquitto.conf"
+            persist = (
+                f"persistence true\npersistence_location {self._dir.name}/\nautosave_interval 1\n"
+                if self.persistence
+                else "persistence false\n"
+            )
             conf.write_text(
-                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                "log_dest stderr\nlog_type error\nlog_type warning\n"
+                f"per_listener_settings true\nlistener {self.port} 127.0.0.1\n"
+                f"{self.listener_config}"
+                f"{persist}log_dest stderr\nlog_type error\nlog_type warning\n"
             )
             cmd = [binary, "-c", str(conf)]
             self.kind = "mosquitto"
