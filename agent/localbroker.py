@@ -74,6 +74,8 @@ class LocalBroker:
         self.process: subprocess.Popen[bytes] | None = None
         self.kind = ""
         self._dir = tempfile.TemporaryDirectory(prefix="edge-agent-broker-")
+        # Started as root, mosquitto drops to its own user: let it write its persistence file.
+        Path(self._dir.name).chmod(0o777)
 
     def start(self, timeout: float = 10.0) -> LocalBroker:
         binary = mosquitto_binary() if self.prefer == "mosquitto" else None
