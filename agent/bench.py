@@ -15,6 +15,7 @@ from agent.config import DEFAULT_VIDEO, MqttConfig
 from agent.detection import Detector
 from agent.pipeline import Pipeline, Result
 from agent.publish import MqttPublisher
+from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
 from agent.sources import open_source
 
@@ -143,3 +144,63 @@ def run_bench(
         "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "published": bool(broker),
     }
+
+
+def publish_cost_us(path: Path, count: int = 2000) -> dict[str, float]:
+    """Per-frame cost of the publish path: payload built and written to the disk outbox."""
+    box = Outbox(path)
+    objects = [{"label": "person", "class_id": 0, "score": 0.87, "box": [0.1, 0.2, 0.3, 0.4]}] * 3
+    samples = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        box.put(
+            "edge-agent/bench/detections",
+            lambda seq, i=i: detections_message(
+                seq, i, 640, 480, time.time(), ("person", "1"), (30.0, 35.0), objects
+            ),
+        )
+        samples.append((time.perf_counter() - t0) * 1e6)
+    box.close()
+    return {"publish_us_p50": _percentile(samples, 50), "publish_us_p95": _percentile(samples, 95)}
+
+
+def drain_rate(path: Path, port: int, backlog: int = 10_000) -> float:
+    """Messages per second at which a stored backlog reaches a broker (QoS 1, acknowledged)."""
+    box = Outbox(path, max_messages=backlog * 2)
+    payload = b'{"seq":0,"objects":[]}' + b" " * 200
+    for _ in range(backlog):
+        box.put("edge-agent/bench/detections", lambda seq: payload)
+    publisher = MqttPublisher(MqttConfig(host="127.0.0.1", port=port), "bench", outbox=box)
+    t0 = time.perf_counter()
+    publisher.start()
+    while box.depth > 0 and time.perf_counter() - t0 < 300:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    left = box.depth
+    publisher.close()
+    if left:
+        raise SystemExit(f"bench: {left} messages still queued after {elapsed:.0f} s")
+    return backlog / elapsed
+
+
+def run_publish_bench(backlog: int = 10_000, port: int | None = None) -> dict[str, object]:
+    import tempfile
+
+    from agent.localbroker import LocalBroker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result: dict[str, object] = {
+            "backlog": backlog,
+            **publish_cost_us(Path(tmp) / "cost.sqlite"),
+        }
+        if port:
+            result["drain_msgs_per_s"] = round(
+                drain_rate(Path(tmp) / "drain.sqlite", port, backlog)
+            )
+        else:
+            with LocalBroker() as broker:
+                result["broker"] = broker.kind
+                result["drain_msgs_per_s"] = round(
+                    drain_rate(Path(tmp) / "drain.sqlite", broker.port, backlog)
+                )
+    return result

@@ -181,6 +181,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_publish(args: argparse.Namespace) -> int:
+    from agent.bench import run_publish_bench
+
+    result = run_publish_bench(args.messages, args.port)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>18}: {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -228,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--broker", metavar="HOST:PORT", help="publish detections to this broker")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
+
+    bench_pub = sub.add_parser(
+        "bench-publish", help="cost of the publish path and drain rate of an outbox backlog"
+    )
+    bench_pub.add_argument("--messages", type=int, default=10_000, help="backlog size")
+    bench_pub.add_argument("--port", type=int, help="broker on 127.0.0.1 (default: start one)")
+    bench_pub.add_argument("--json", action="store_true")
+    bench_pub.set_defaults(func=cmd_bench_publish)
     return p
 
 

@@ -123,3 +123,27 @@ def test_unreachable_stream_is_retried_and_the_agent_stays_up(
     assert agent.proc.poll() is None, agent.output()
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
+
+
+def test_metrics_are_published_periodically(broker, subscriber, write_config, run_agent, assets):
+    sub = subscriber("edge-agent/cam-test/metrics")
+    config = agent_config(broker.port, assets)
+    config["publish"] = {"metrics_interval_s": 1}
+    run_agent(write_config(config))
+    sub.wait_for("/metrics", timeout=30)
+    metrics = sub.wait_for("/metrics", lambda m: m["frames"] > 0, timeout=30)
+    for key in (
+        "fps",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "dropped_frames",
+        "outbox_depth",
+        "outbox_dropped",
+        "reconnects",
+        "rss_mb",
+        "cpu_percent",
+        "uptime_s",
+    ):
+        assert key in metrics, key
+    assert metrics["fps"] > 0 and metrics["rss_mb"] > 10
+    assert metrics["source_state"] == "connected"

@@ -3,6 +3,7 @@ restart and a kill -9, against a real mosquitto."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -81,10 +82,8 @@ class DurableSubscriber:
     def collect(self, until: Any, timeout: float) -> list[int]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not until(self.received):
-            try:
+            with contextlib.suppress(queue.Empty):
                 self.received.append(self.seqs.get(timeout=0.2))
-            except queue.Empty:
-                pass
         return self.received
 
     def drain(self, quiet: float = 2.0) -> list[int]:
