@@ -149,16 +149,19 @@ def run_bench(
 def publish_cost_us(path: Path, count: int = 2000) -> dict[str, float]:
     """Per-frame cost of the publish path: payload built and written to the disk outbox."""
     box = Outbox(path)
-    objects = [{"label": "person", "class_id": 0, "score": 0.87, "box": [0.1, 0.2, 0.3, 0.4]}] * 3
-    samples = []
-    for i in range(count):
-        t0 = time.perf_counter()
-        box.put(
-            "edge-agent/bench/detections",
-            lambda seq, i=i: detections_message(
-                seq, i, 640, 480, time.time(), ("person", "1"), (30.0, 35.0), objects
-            ),
+    objects: list[dict[str, object]] = [
+        {"label": "person", "class_id": 0, "score": 0.87, "box": [0.1, 0.2, 0.3, 0.4]}
+    ] * 3
+
+    def build(seq: int) -> bytes:
+        return detections_message(
+            seq, seq, 640, 480, time.time(), ("person", "1"), (30.0, 35.0), objects
         )
+
+    samples = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        box.put("edge-agent/bench/detections", build)
         samples.append((time.perf_counter() - t0) * 1e6)
     box.close()
     return {"publish_us_p50": _percentile(samples, 50), "publish_us_p95": _percentile(samples, 95)}

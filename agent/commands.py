@@ -132,6 +132,11 @@ COMMANDS: dict[str, tuple[type[_Command], Handler]] = {
 }
 
 
+def _no_constant(name: str) -> Any:
+    # json.loads accepts NaN and Infinity, which are not JSON and would come back in replies
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _validation_message(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: "
@@ -157,9 +162,11 @@ class CommandProcessor:
                 name, None, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}"
             )
         try:
-            body = json.loads(payload)
+            body = json.loads(payload, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             return self._error(name, None, f"payload is not JSON: {exc}")
+        except RecursionError:
+            return self._error(name, None, "payload is not JSON: nested too deeply")
         cmd_id = body.get("id") if isinstance(body, dict) else None
         cmd_id = cmd_id if isinstance(cmd_id, str) and 0 < len(cmd_id) <= 128 else None
         if cmd_id is not None and cmd_id in self._replies and self._replies[cmd_id][0] == name:
@@ -170,7 +177,8 @@ class CommandProcessor:
             return self._error(name, None, "payload must be a JSON object with an 'id'")
         schema, handler = COMMANDS[name]
         try:
-            cmd = schema.model_validate(body)
+            # strict: "0.5" or true is not a number, "yes" not a boolean
+            cmd = schema.model_validate(body, strict=True)
         except ValidationError as exc:
             return self._error(name, cmd_id, _validation_message(exc))
         try:

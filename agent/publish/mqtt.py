@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,15 +32,18 @@ _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
     tls = config.tls
     assert tls is not None
+    # ssl's errors do not name the file ("[Errno 2] No such file or directory"): say which.
+    step = f"mqtt.tls.ca_file {str(tls.ca_file)!r}" if tls.ca_file else "the system CA store"
     try:
         ctx = ssl.create_default_context(
             ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
         )
         ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
         if tls.cert_file:
+            step = f"mqtt.tls.cert_file {str(tls.cert_file)!r} / key_file {str(tls.key_file)!r}"
             ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
     except (OSError, ssl.SSLError, ValueError) as exc:
-        raise PublishError(f"MQTT TLS setup failed: {exc}") from exc
+        raise PublishError(f"MQTT TLS setup failed: {step}: {exc}") from exc
     if tls.insecure:
         log.warning("MQTT TLS certificate verification is OFF (mqtt.tls.insecure: true)")
         ctx.check_hostname = False
@@ -100,6 +104,7 @@ class MqttPublisher:
             self._client.tls_set_context(tls_context(config))
         self._client.will_set(self.topics.status, status_message("offline"), qos=1, retain=True)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
@@ -141,6 +146,19 @@ class MqttPublisher:
             client.subscribe(self._subscriptions)
         self.connected.set()
         self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError`` around a failed (re)connect and logs the
+        # error itself only at debug level: report it here (TLS verification failures included).
+        exc = sys.exc_info()[1]
+        self.last_error = f"cannot connect: {exc}"
+        log.log(
+            logging.ERROR if isinstance(exc, ssl.SSLError) else logging.WARNING,
+            "MQTT cannot connect to %s:%s: %s; retrying with backoff",
+            self.config.host,
+            self.config.port,
+            exc,
+        )
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
