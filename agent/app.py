@@ -9,14 +9,16 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from agent import __version__
 from agent.commands import CommandError, CommandProcessor
-from agent.config import Config
+from agent.config import Config, load_config
 from agent.detection import Detector, DetectorSettings
 from agent.detection.draw import annotate, jpeg_within
+from agent.errors import ConfigError
 from agent.health import ProcessUsage
 from agent.overlay import deep_merge, merged, read_overlay, with_overlay, write_overlay
 from agent.pipeline import Pipeline, Result
@@ -24,6 +26,7 @@ from agent.publish import MqttPublisher
 from agent.publish.homeassistant import discovery_messages
 from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
+from agent.service import Notifier
 from agent.sources import FrameSource, SourceStatus, open_source
 
 log = logging.getLogger("agent.app")
@@ -34,8 +37,13 @@ EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus= keeps it from
 class Agent:
     """The daemon: one source, one detector (swappable), one MQTT connection with its outbox."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
         self.config = with_overlay(config)
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self._reload_requested = False
+        self._ready = False
+        self._next_ping = 0.0
         self._stop = threading.Event()
         self.detector: Detector | None = None
         self.source: FrameSource | None = None
@@ -230,7 +238,97 @@ class Agent:
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         if signum is not None:
             log.info("received %s, stopping", signal.Signals(signum).name)
+        self.notifier.stopping()
         self._stop.set()
+
+    def _request_reload(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True  # done on the control thread, not in the handler
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file and apply what can change while running."""
+        self.notifier.reloading()
+        if self.config_path is None:
+            log.info("SIGHUP: running on built-in defaults, nothing to reload")
+        else:
+            try:
+                fresh = with_overlay(load_config(self.config_path))
+            except ConfigError as exc:
+                log.error(
+                    "SIGHUP: the changed config is invalid, keeping the running one:\n%s", exc
+                )
+            else:
+                live = {
+                    "detection": fresh.detection.model_dump(),
+                    "source": {"fps": fresh.source.fps},
+                    "publish": fresh.publish.model_dump(),
+                }
+                restart_only = [
+                    name
+                    for name in ("device_id", "model", "mqtt", "store", "homeassistant")
+                    if getattr(fresh, name) != getattr(self.config, name)
+                ]
+                if fresh.source.model_dump(exclude={"fps"}) != self.config.source.model_dump(
+                    exclude={"fps"}
+                ):
+                    restart_only.append("source")
+                self.config = merged(self.config, live)
+                if self.pipeline is not None:
+                    self.pipeline.settings = self._settings()
+                if self.source is not None:
+                    self.source.set_fps(self.config.source.fps)
+                self._last_signature = None
+                log.info("SIGHUP: config reloaded from %s", self.config_path)
+                if restart_only:
+                    log.warning(
+                        "SIGHUP: changes to %s take effect at the next restart",
+                        ", ".join(restart_only),
+                    )
+        self.notifier.ready(self._status_line())
+
+    def healthy(self) -> bool:
+        """Fit for a watchdog ping: both pipeline stages alive, no inference and no camera read
+        stuck for longer than ``service.stall_s``."""
+        limit = self.config.service.stall_s
+        if self.pipeline is None or not self.pipeline.alive or self.pipeline.stalled_for() > limit:
+            return False
+        return self.source is None or self.source.stalled_for() <= limit
+
+    def _status_line(self) -> str:
+        parts = []
+        if self.detector is not None:
+            parts.append(f"model {self.detector.card.name} {self.detector.card.version}")
+        if self.pipeline is not None:
+            stats = self.pipeline.stats.snapshot()
+            parts.append(f"{stats['frames']} frames, {stats['fps']} fps")
+        if self.source is not None and self.source.status.state != "connected":
+            s = self.source.status
+            parts.append(f"source {s.state}" + (f": {s.last_error}" if s.last_error else ""))
+        parts.append("mqtt " + ("connected" if self.publisher.connected.is_set() else "connecting"))
+        return ", ".join(parts)
+
+    def _service_tick(self, now: float) -> None:
+        """READY once the first frame is processed (or the camera is being retried: the agent is
+        up and doing its job), then STATUS and watchdog pings while healthy."""
+        assert self.pipeline is not None and self.source is not None
+        if not self._ready and (
+            self.pipeline.stats.frames > 0 or self.source.status.state == "retrying"
+        ):
+            self._ready = True
+            self.notifier.ready(self._status_line())
+            log.info("ready: %s", self._status_line())
+        interval = self.notifier.watchdog_interval
+        if interval is None or now < self._next_ping:
+            return
+        self._next_ping = now + interval
+        if self.healthy():
+            self.notifier.watchdog()
+            self.notifier.status(self._status_line())
+        else:
+            log.error(
+                "pipeline stalled (inference %.0f s, camera read %.0f s): no watchdog ping",
+                self.pipeline.stalled_for(),
+                self.source.stalled_for(),
+            )
 
     def _handle_incoming(self, topic: str, payload: bytes) -> None:
         c = self.config
@@ -250,8 +348,10 @@ class Agent:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT, a finite source is fully processed, or the broker refuses our
         credentials. Returns the process exit code."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        if threading.current_thread() is threading.main_thread():  # else: embedded, e.g. tests
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGHUP, self._request_reload)
         self.start()
         assert self.pipeline is not None
         was_connected = False
@@ -271,6 +371,10 @@ class Agent:
                 if type(exc).__name__ != "Empty":
                     log.exception("handling an incoming message failed")
             now = time.monotonic()
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            self._service_tick(now)
             if now >= next_metrics:
                 next_metrics = now + self.config.publish.metrics_interval_s
                 self.publisher.publish(
@@ -279,14 +383,14 @@ class Agent:
         self.stop()
         return 0
 
-    def stop(self, flush_timeout: float = 10.0) -> None:
-        """Stop taking frames, deliver what is queued (up to ``flush_timeout``), say "stopped"."""
+    def stop(self) -> None:
+        """Stop taking frames, deliver the queue (up to ``service.stop_flush_s``), say "stopped"."""
         self._stop.set()
         if self.source is not None:
             self.source.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
-        self.publisher.close("stopped", timeout=flush_timeout)
+        self.publisher.close("stopped", timeout=self.config.service.stop_flush_s)
         if self.detector is not None:
             self.detector.close()
         left = self.outbox.depth

@@ -14,16 +14,9 @@ from typing import Any
 
 from agent import __version__
 from agent.errors import EdgeAgentError
+from agent.logs import setup_logging
 
 log = logging.getLogger("agent")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -31,7 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.config import load_config
 
     config = load_config(args.config)
-    return Agent(config).run()
+    return Agent(config, config_path=args.config).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -197,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "human", "journal", "json"],
+        default="auto",
+        help="auto: journal prefixes under systemd, else human-readable",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon (no config: the demo defaults)")
@@ -253,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.log_format, args.verbose)
     try:
         return int(args.func(args))
     except EdgeAgentError as exc:

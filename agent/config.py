@@ -154,6 +154,18 @@ class HomeAssistantConfig(Section):
     )
 
 
+class ServiceConfig(Section):
+    stall_s: float = Field(
+        30,
+        gt=0,
+        description="an inference or camera read running longer than this counts as "
+        "hung: the systemd watchdog pings stop and systemd restarts the agent",
+    )
+    stop_flush_s: float = Field(
+        10, ge=0, description="on SIGTERM, time allowed to deliver queued messages"
+    )
+
+
 class Config(Section):
     device_id: str = Field(
         default_factory=socket.gethostname, description="device name in topics; default: host name"
@@ -167,6 +179,7 @@ class Config(Section):
         None, description="Home Assistant MQTT discovery; absent = off"
     )
     store: StoreConfig = Field(default_factory=StoreConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     @property
     def outbox_path(self) -> Path:

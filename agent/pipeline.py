@@ -105,10 +105,21 @@ class Pipeline:
         self._prepare_done = False
         self._threads: list[threading.Thread] = []
         self.finished = threading.Event()
+        self._infer_since: float | None = None
 
     @property
     def detector(self) -> Detector:
         return self._detector
+
+    def stalled_for(self) -> float:
+        """Seconds the current inference has been running (0 between frames)."""
+        since = self._infer_since
+        return time.monotonic() - since if since is not None else 0.0
+
+    @property
+    def alive(self) -> bool:
+        """Both stages still run (or finished on purpose at the end of a finite source)."""
+        return self.finished.is_set() or all(t.is_alive() for t in self._threads)
 
     def swap(self, detector: Detector) -> Detector:
         """Use ``detector`` from the next frame on; returns the one it replaces."""
@@ -187,11 +198,14 @@ class Pipeline:
                 tensor, transform = detector.preprocess(item.frame.image)
                 times.preprocess = (time.perf_counter() - t0) * 1e3
             t1 = time.perf_counter()
+            self._infer_since = time.monotonic()
             outputs = detector.infer(tensor)
+            self._infer_since = None
             t2 = time.perf_counter()
             detections = detector.postprocess(outputs, transform, self.settings)
             t3 = time.perf_counter()
         except Exception:
+            self._infer_since = None
             # A model that fails on one frame must not take the agent down; the count shows in
             # status and metrics (and lets a later update roll back a bad model).
             self.stats.errors += 1

@@ -145,6 +145,9 @@ class FrameSource:
         self.uri = uri
         self.fps = float(fps)
         self._replan = False
+        # When a blocking open/grab/decode started (None: not in one): a camera or stream read
+        # that never returns shows here, and the service watchdog stops pinging.
+        self._busy_since: float | None = None
         self.loop = loop
         self.realtime = realtime
         self.backoff_initial_s = backoff_initial_s
@@ -281,15 +284,19 @@ class FrameSource:
             while not self._stop.is_set():
                 if not self._opened:
                     try:
+                        self._busy_since = time.monotonic()
                         self._open()
                     except Exception as exc:
+                        self._busy_since = None
                         self._failed(exc)
                         continue
+                    self._busy_since = None
                     self._opened = True
                     self._plan_rates()
                 try:
                     more = self._step()
                 except Exception as exc:
+                    self._busy_since = None
                     self._failed(exc)
                     continue
                 if not more:
@@ -322,6 +329,11 @@ class FrameSource:
         self._next_tick = now
         self._next_due = now
 
+    def stalled_for(self) -> float:
+        """Seconds the reader has been stuck in one open/grab/decode call (0 when not in one)."""
+        since = self._busy_since
+        return time.monotonic() - since if since is not None else 0.0
+
     def set_fps(self, fps: float) -> None:
         """Change the cap while running; the reader thread applies it before its next frame."""
         if fps < 0:
@@ -346,7 +358,10 @@ class FrameSource:
             if self._next_tick < now:
                 # fell behind (slow decode, or a lossless consumer): go on from now, no burst
                 self._next_tick = now + self._pace_s
-        if not self._grab():
+        self._busy_since = time.monotonic()
+        grabbed = self._grab()
+        self._busy_since = None
+        if not grabbed:
             return False
         if self._cap_s:
             now = time.monotonic()
@@ -358,7 +373,9 @@ class FrameSource:
             self._next_due += self._cap_s
             if self._next_due <= now:
                 self._next_due = now + self._cap_s
+        self._busy_since = time.monotonic()
         image = self._retrieve()
+        self._busy_since = None
         if image is not None:
             self._deliver(image)
         return True
