@@ -393,6 +393,7 @@ class Agent:
         self.publisher.close("stopped", timeout=self.config.service.stop_flush_s)
         if self.detector is not None:
             self.detector.close()
+        self.notifier.close()
         left = self.outbox.depth
         log.info(
             "stopped after %d frames%s",
