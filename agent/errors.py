@@ -8,7 +8,12 @@
     │   └── DecodeError      model outputs do not fit the family's decoder
     ├── RuntimeUnavailableError   the runtime a model needs is not installed
     ├── SourceError          a camera, stream, file or folder cannot be opened or read
-    └── PublishError         the MQTT connection cannot be set up
+    ├── PublishError         the MQTT connection cannot be set up
+    └── RegistryError        a model update cannot be used (the running model keeps serving)
+        ├── SignatureError   no trusted key signed these exact bytes
+        ├── ManifestError    a manifest or index is malformed, expired, unsafe or not for us
+        ├── DownloadError    the artifact cannot be fetched, or is larger than announced
+        └── ChecksumError    the artifact's sha256 differs from the manifest's
 
 Third-party errors are translated where they enter (``raise ModelLoadError(...) from exc``).
 """
@@ -50,3 +55,23 @@ class SourceError(EdgeAgentError):
 
 class PublishError(EdgeAgentError):
     """The MQTT side cannot be set up (bad TLS files, bad credentials...)."""
+
+
+class RegistryError(EdgeAgentError):
+    """A model update is refused; the message says why."""
+
+
+class SignatureError(RegistryError):
+    """No trusted key signed these exact bytes."""
+
+
+class ManifestError(RegistryError):
+    """A manifest or index is malformed, expired, unsafe or not meant for this agent."""
+
+
+class DownloadError(RegistryError):
+    """An artifact cannot be fetched, or is larger than its manifest says."""
+
+
+class ChecksumError(RegistryError):
+    """An artifact's sha256 does not match its manifest."""
