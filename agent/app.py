@@ -8,17 +8,20 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from agent import __version__
 from agent.commands import CommandError, CommandProcessor
 from agent.config import Config, load_config
 from agent.detection import Detector, DetectorSettings
+from agent.detection.detector import file_sha256
 from agent.detection.draw import annotate, jpeg_within
-from agent.errors import ConfigError
+from agent.errors import ConfigError, EdgeAgentError
 from agent.health import ProcessUsage
 from agent.overlay import deep_merge, merged, read_overlay, with_overlay, write_overlay
 from agent.pipeline import Pipeline, Result
@@ -28,6 +31,9 @@ from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
 from agent.service import Notifier
 from agent.sources import FrameSource, SourceStatus, open_source
+
+if TYPE_CHECKING:
+    from agent.registry.updater import Job, Updater, UpdateState
 
 log = logging.getLogger("agent.app")
 
@@ -44,6 +50,7 @@ class Agent:
         self._reload_requested = False
         self._ready = False
         self._next_ping = 0.0
+        self._next_metrics = 0.0
         self._stop = threading.Event()
         self.detector: Detector | None = None
         self.source: FrameSource | None = None
@@ -61,6 +68,21 @@ class Agent:
             status_extra=self._status_extra,
         )
         self.topics = self.publisher.topics
+        self._recent: deque[np.ndarray] = deque(maxlen=10)
+        self.model_info: dict[str, Any] = {}
+        self.updater: Updater | None = None
+        if self.config.registry is not None:
+            # Imported here: a device without a registry never loads the update machinery.
+            from agent.registry.updater import Updater
+
+            self.updater = Updater(
+                self.config.registry,
+                self.config.store.path,
+                threads=self.config.model.threads,
+                on_change=self._on_update_change,
+                on_done=self._on_update_done,
+            )
+            self.updater.recover()
 
     # --- status and results ---
 
@@ -94,6 +116,7 @@ class Agent:
 
     def _on_result(self, result: Result) -> None:
         self._latest = result
+        self._recent.append(result.frame.image)  # real frames for a new model's trial
         if not self._should_publish(result):
             return
         self._last_publish = time.monotonic()
@@ -139,6 +162,9 @@ class Agent:
         if self.source is not None and "source" in patch:
             self.source.set_fps(new.source.fps)
         self._last_signature = None
+        self._next_metrics = 0.0  # a new metrics period counts from now
+        if "detection" in patch and "labels" in patch["detection"]:
+            self._discovery()  # Home Assistant's entities follow the watched labels
         log.info("config changed over MQTT: %s", json.dumps(patch))
         return {
             "detection": new.detection.model_dump(),
@@ -162,6 +188,118 @@ class Agent:
             "frame": {"id": latest.frame.id, "width": w, "height": h},
             "objects": len(latest.detections),
         }
+
+    # --- models and updates ---
+
+    def _load_detector(self) -> Detector:
+        """The store's current model when there is one (it passed every check), else the
+        configured model file."""
+        c = self.config
+        kwargs: dict[str, Any] = {
+            "threads": c.model.threads,
+            "runtime": c.model.runtime,
+            "providers": c.model.providers or None,
+            "delegate": c.model.delegate,
+        }
+        serving = self.updater.serving() if self.updater else None
+        if serving is not None:
+            model, card, _version = serving
+            try:
+                detector = Detector.load(model, card=card, **kwargs)
+                self._set_model_info(detector, model, "store")
+                return detector
+            except EdgeAgentError as exc:
+                log.error(
+                    "store model %s cannot be loaded (%s): using %s", model, exc, c.model.path
+                )
+        detector = Detector.load(c.model.path, card=c.model.card, **kwargs)
+        self._set_model_info(detector, c.model.path, "config")
+        return detector
+
+    def _set_model_info(self, detector: Detector, path: Path, origin: str) -> None:
+        self.model_info = {
+            "name": detector.card.name,
+            "version": detector.card.version,
+            "sha256": file_sha256(path),
+            "format": path.suffix.lstrip("."),
+            "family": detector.card.family,
+            "from": origin,
+            "since": round(time.time(), 3),
+        }
+
+    def _publish_model(self, update: dict[str, Any] | None = None) -> None:
+        body = dict(self.model_info)
+        if self.updater is not None:
+            s = self.updater.state
+            body["update"] = {
+                "state": s.state,
+                "version": s.version,
+                "error": s.error,
+                **(update or {}),
+            }
+            if s.history:
+                body["last_update"] = s.history[-1]
+        self.publisher.publish(self.topics.model, json.dumps(body).encode(), qos=1, retain=True)
+
+    def _on_update_change(self, state: UpdateState, extra: dict[str, Any]) -> None:
+        if state.state == "committed" and self.pipeline is not None and self.updater is not None:
+            detector = self.pipeline.detector
+            version_dir = self.updater.store.version_dir(detector.card.name, detector.card.version)
+            self._set_model_info(detector, Path(detector.runtime.path), "store")
+            del version_dir
+        elif state.state == "probation" and self.pipeline is not None:
+            detector = self.pipeline.detector
+            self._set_model_info(detector, Path(detector.runtime.path), "store (probation)")
+        elif state.state == "failed" and self.pipeline is not None:
+            detector = self.pipeline.detector
+            self._set_model_info(
+                detector, Path(detector.runtime.path), self.model_info.get("from", "config")
+            )
+        self._publish_model(extra)
+
+    def _on_update_done(
+        self, job: Job, ok: bool, result: dict[str, Any] | None, error: str | None
+    ) -> None:
+        if job.command_id is None:
+            return
+        reply = self.commands.complete(
+            "model/update", job.command_id, ok=ok, result=result, error=error
+        )
+        self.publisher.publish(self.topics.reply("model/update"), reply, qos=1)
+
+    def request_update(self, cmd: Any) -> None:
+        if self.updater is None:
+            raise CommandError("no registry is configured (config section 'registry')")
+        name = cmd.name or self.config.registry.model if self.config.registry else cmd.name
+        channel = cmd.channel or (
+            self.config.registry.channel if self.config.registry else "stable"
+        )
+        from agent.registry.updater import Job
+
+        self.updater.request(
+            Job(name, cmd.version or "latest", channel, cmd.allow_downgrade, cmd.id)
+        )
+
+    def rollback_model(self) -> dict[str, Any]:
+        """Back to the previous verified version, at once (it passed its checks before)."""
+        if self.updater is None or self.pipeline is None or self.config.registry is None:
+            raise CommandError("no registry is configured (config section 'registry')")
+        store, name = self.updater.store, self.config.registry.model
+        previous = store.previous(name)
+        if previous is None:
+            raise CommandError(f"no previous version of {name} to roll back to")
+        folder = store.version_dir(name, previous)
+        model = store.model_file(name, previous)
+        detector = Detector.load(
+            model, card=folder / "card.yaml", threads=self.config.model.threads
+        )
+        from_version = store.current(name)
+        self.pipeline.swap(detector)
+        store.rollback(name)
+        self._set_model_info(detector, model, "store")
+        self._publish_model({"rolled_back_from": from_version})
+        log.warning("model %s rolled back from %s to %s", name, from_version, previous)
+        return {"name": name, "version": previous, "rolled_back_from": from_version}
 
     # --- metrics and discovery ---
 
@@ -198,17 +336,14 @@ class Agent:
 
     def start(self) -> None:
         c = self.config
-        self.detector = Detector.load(
-            c.model.path,
-            card=c.model.card,
-            threads=c.model.threads,
-            runtime=c.model.runtime,
-            providers=c.model.providers or None,
-            delegate=c.model.delegate,
-        )
+        self.detector = self._load_detector()
         card = self.detector.card
         log.info(
-            "model %s %s (%s) loaded from %s", card.name, card.version, card.family, c.model.path
+            "model %s %s (%s) loaded from %s",
+            card.name,
+            card.version,
+            card.family,
+            self.detector.runtime.path,
         )
         for note in card.assumed:
             log.info("model card assumed: %s", note)
@@ -234,6 +369,10 @@ class Agent:
         self.pipeline = Pipeline(self.source, self.detector, self._on_result, self._settings())
         self.source.start()
         self.pipeline.start()
+        if self.updater is not None:
+            self.updater.pipeline = self.pipeline
+            self.updater.recent_frames = lambda: list(self._recent)
+            self.updater.start()
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         if signum is not None:
@@ -342,7 +481,8 @@ class Agent:
                 if name.endswith("/reply") or name == "reply":
                     return  # our own replies (and other devices') come back on cmd/#
                 name, reply = self.commands.handle(name, payload)
-                self.publisher.publish(self.topics.reply(name), reply, qos=1)
+                if reply is not None:
+                    self.publisher.publish(self.topics.reply(name), reply, qos=1)
                 return
 
     def run(self) -> int:
@@ -355,7 +495,7 @@ class Agent:
         self.start()
         assert self.pipeline is not None
         was_connected = False
-        next_metrics = time.monotonic() + self.config.publish.metrics_interval_s
+        self._next_metrics = time.monotonic() + self.config.publish.metrics_interval_s
         while not self._stop.is_set() and not self.pipeline.finished.is_set():
             if self.publisher.fatal:
                 self.stop()
@@ -363,6 +503,7 @@ class Agent:
             connected = self.publisher.connected.is_set()
             if connected and not was_connected:
                 self._discovery()
+                self._publish_model()
             was_connected = connected
             try:
                 msg = self.publisher.incoming.get(timeout=0.2)
@@ -375,8 +516,8 @@ class Agent:
                 self._reload_requested = False
                 self.reload()
             self._service_tick(now)
-            if now >= next_metrics:
-                next_metrics = now + self.config.publish.metrics_interval_s
+            if now >= self._next_metrics:
+                self._next_metrics = now + self.config.publish.metrics_interval_s
                 self.publisher.publish(
                     self.topics.metrics, json.dumps(self.metrics()).encode(), qos=0
                 )
@@ -386,6 +527,8 @@ class Agent:
     def stop(self) -> None:
         """Stop taking frames, deliver the queue (up to ``service.stop_flush_s``), say "stopped"."""
         self._stop.set()
+        if self.updater is not None:
+            self.updater.stop()
         if self.source is not None:
             self.source.stop()
         if self.pipeline is not None:

@@ -186,6 +186,50 @@ def cmd_bench_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry_keygen(args: argparse.Namespace) -> int:
+    from agent.registry.signing import generate_key, key_id, load_public_keys
+
+    key, pub = generate_key(Path(args.out))
+    print(f"private key: {key} (mode 0600: keep it secret, keep it off devices)")
+    print(
+        f"public key:  {pub} (key id {key_id(load_public_keys([pub])[0])}; "
+        "list it in registry.trusted_keys)"
+    )
+    return 0
+
+
+def cmd_registry_publish(args: argparse.Namespace) -> int:
+    from agent.registry.manifest import parse_manifest
+    from agent.registry.publish import publish
+
+    manifest_path = publish(
+        Path(args.model),
+        Path(args.registry),
+        name=args.name,
+        version=args.version,
+        key=Path(args.key),
+        channel=None if args.no_channel else args.channel,
+        card=Path(args.card) if args.card else None,
+        expires_days=args.expires_days or None,
+        min_agent_version=args.min_agent_version,
+    )
+    manifest = parse_manifest(manifest_path.read_bytes())
+    print(manifest_path)
+    print(f"sha256 {manifest.artifact.sha256}")
+    return 0
+
+
+def cmd_registry_verify(args: argparse.Namespace) -> int:
+    from agent.registry.publish import verify_registry
+
+    problems = verify_registry(Path(args.registry), [Path(k) for k in args.key])
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    print(f"{args.registry}: OK")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -247,6 +291,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench_pub.add_argument("--port", type=int, help="broker on 127.0.0.1 (default: start one)")
     bench_pub.add_argument("--json", action="store_true")
     bench_pub.set_defaults(func=cmd_bench_publish)
+
+    reg = sub.add_parser("registry", help="publisher tools: keys, publishing, checking")
+    reg_sub = reg.add_subparsers(dest="registry_command", required=True)
+    keygen = reg_sub.add_parser("keygen", help="make an Ed25519 signing key and its .pub")
+    keygen.add_argument("--out", required=True, metavar="KEY", help="private key path")
+    keygen.set_defaults(func=cmd_registry_keygen)
+    pub = reg_sub.add_parser("publish", help="sign and add a model version to a registry folder")
+    pub.add_argument("model")
+    pub.add_argument("--registry", required=True, metavar="DIR")
+    pub.add_argument("--name", required=True)
+    pub.add_argument("--version", required=True)
+    pub.add_argument("--key", required=True, help="private signing key")
+    channel = pub.add_mutually_exclusive_group()
+    channel.add_argument("--channel", default="stable", help="point this channel at the version")
+    channel.add_argument("--no-channel", action="store_true", help="move no channel")
+    pub.add_argument("--card", help="model card (default: <model>.card.yaml)")
+    pub.add_argument(
+        "--expires-days", type=float, default=365, help="devices refuse it after (0: never)"
+    )
+    pub.add_argument("--min-agent-version", help="oldest edge-agent that may install it")
+    pub.set_defaults(func=cmd_registry_publish)
+    ver = reg_sub.add_parser("verify", help="check signatures, digests and the index")
+    ver.add_argument("registry", metavar="DIR")
+    ver.add_argument(
+        "--key", action="append", required=True, help="trusted public key (repeatable)"
+    )
+    ver.set_defaults(func=cmd_registry_verify)
     return p
 
 

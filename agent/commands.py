@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -90,7 +91,8 @@ class ModelRollbackCommand(_Command):
     pass
 
 
-Handler = Callable[["Agent", Any], dict[str, Any]]
+# A handler returns its result, or None when the reply comes later (CommandProcessor.complete).
+Handler = Callable[["Agent", Any], dict[str, Any] | None]
 
 
 def _ping(agent: Agent, cmd: PingCommand) -> dict[str, Any]:
@@ -111,16 +113,13 @@ def _snapshot(agent: Agent, cmd: SnapshotCommand) -> dict[str, Any]:
     return agent.snapshot()
 
 
-def _model_update(agent: Agent, cmd: ModelUpdateCommand) -> dict[str, Any]:
-    raise CommandError(
-        "model updates are not available yet: the registry updater is not part of this version"
-    )
+def _model_update(agent: Agent, cmd: ModelUpdateCommand) -> None:
+    # Long-running: the reply comes from the updater when the update is committed or refused.
+    agent.request_update(cmd)
 
 
 def _model_rollback(agent: Agent, cmd: ModelRollbackCommand) -> dict[str, Any]:
-    raise CommandError(
-        "model rollback is not available yet: the registry updater is not part of this version"
-    )
+    return agent.rollback_model()
 
 
 COMMANDS: dict[str, tuple[type[_Command], Handler]] = {
@@ -135,6 +134,13 @@ COMMANDS: dict[str, tuple[type[_Command], Handler]] = {
 def _no_constant(name: str) -> Any:
     # json.loads accepts NaN and Infinity, which are not JSON and would come back in replies
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -154,15 +160,16 @@ class CommandProcessor:
         self._remember = remember
         self.handled = 0
         self.rejected = 0
+        self._pending: set[tuple[str, str | None]] = set()
 
-    def handle(self, name: str, payload: bytes) -> tuple[str, bytes]:
-        """Returns (command name, reply payload)."""
+    def handle(self, name: str, payload: bytes) -> tuple[str, bytes | None]:
+        """Returns (command name, reply payload); no payload when the reply comes later."""
         if len(payload) > MAX_PAYLOAD_BYTES:
             return self._error(
                 name, None, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}"
             )
         try:
-            body = json.loads(payload, parse_constant=_no_constant)
+            body = json.loads(payload, parse_constant=_no_constant, parse_float=_finite_float)
         except (ValueError, UnicodeDecodeError) as exc:
             return self._error(name, None, f"payload is not JSON: {exc}")
         except RecursionError:
@@ -171,6 +178,8 @@ class CommandProcessor:
         cmd_id = cmd_id if isinstance(cmd_id, str) and 0 < len(cmd_id) <= 128 else None
         if cmd_id is not None and cmd_id in self._replies and self._replies[cmd_id][0] == name:
             return name, self._replies[cmd_id][1]
+        if (name, cmd_id) in self._pending:
+            return name, None  # still running: its one reply is yet to come
         if name not in COMMANDS:
             return self._error(name, cmd_id, f"unknown command {name!r}; known: {sorted(COMMANDS)}")
         if not isinstance(body, dict):
@@ -191,7 +200,24 @@ class CommandProcessor:
                 name, cmd.id, self._reply(cmd.id, ok=False, error=f"internal error: {exc}")
             )
         self.handled += 1
+        if result is None:
+            self._pending.add((name, cmd.id))
+            return name, None
         return self._remembered(name, cmd.id, self._reply(cmd.id, ok=True, result=result))
+
+    def complete(
+        self,
+        name: str,
+        cmd_id: str,
+        *,
+        ok: bool,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bytes:
+        """The reply of a command whose handler deferred it; remembered like any other."""
+        self._pending.discard((name, cmd_id))
+        reply = self._reply(cmd_id, ok=ok, result=result, error=error)
+        return self._remembered(name, cmd_id, reply)[1]
 
     def _error(self, name: str, cmd_id: str | None, error: str) -> tuple[str, bytes]:
         self.rejected += 1

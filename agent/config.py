@@ -154,6 +154,31 @@ class HomeAssistantConfig(Section):
     )
 
 
+class RegistryConfig(Section):
+    url: str = Field(description="registry root: https://..., http://... or file:///...")
+    trusted_keys: list[Path] = Field(
+        min_length=1, description="Ed25519 public keys (PEM) whose signatures are accepted"
+    )
+    model: str = Field("person", description="model name in the registry")
+    channel: str = Field("stable", description="channel followed by polls and 'latest'")
+    poll_interval_s: float = Field(
+        0, ge=0, description="check the channel this often; 0 = commands only"
+    )
+    timeout_s: float = Field(30, gt=0, description="network timeout of each registry request")
+    trial_frames: int = Field(5, ge=1, description="latest real frames the new model must pass")
+    latency_budget: float = Field(
+        3.0,
+        gt=1,
+        description="the new model may be at most this many times slower than the current",
+    )
+    probation_s: float = Field(
+        60, ge=0, description="after the swap, watch errors and latency this long"
+    )
+    probation_max_error_rate: float = Field(
+        0.2, ge=0, le=1, description="share of failed frames in probation that triggers a rollback"
+    )
+
+
 class ServiceConfig(Section):
     stall_s: float = Field(
         30,
@@ -180,6 +205,7 @@ class Config(Section):
     )
     store: StoreConfig = Field(default_factory=StoreConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    registry: RegistryConfig | None = Field(None, description="model updates; absent = off")
 
     @property
     def outbox_path(self) -> Path:
@@ -297,6 +323,10 @@ def relative_to(config: Config, base: Path) -> Config:
     config.model.card = fix(config.model.card)
     config.mqtt.outbox.path = fix(config.mqtt.outbox.path)
     config.store.path = fix(config.store.path) or config.store.path
+    if config.registry is not None:
+        config.registry.trusted_keys = [fix(k) or k for k in config.registry.trusted_keys]
+        if config.registry.url.startswith("file://") is False and "://" not in config.registry.url:
+            config.registry.url = (base / config.registry.url).resolve().as_uri() + "/"
     config.mqtt.password_file = fix(config.mqtt.password_file)
     if config.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
@@ -324,6 +354,14 @@ def check_files(config: Config, source: str = "<config>", text: str = "") -> lis
     if config.mqtt.tls:
         for name in ("ca_file", "cert_file", "key_file"):
             missing(("mqtt", "tls", name), getattr(config.mqtt.tls, name), "TLS file")
+    if config.registry is not None:
+        for i, key in enumerate(config.registry.trusted_keys):
+            if not key.is_file():
+                line = _line_of(root, ("registry", "trusted_keys", i))
+                where = f"{source}:{line}" if line else source
+                problems.append(
+                    f"{where}: registry.trusted_keys.{i}: key file {str(key)!r} does not exist"
+                )
     return problems
 
 

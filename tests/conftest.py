@@ -96,6 +96,12 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # paho never closes the socket pair loop_start opened; a later garbage collection would
+        # raise an unclosed-socket warning inside whatever test runs then.
+        for name in ("_sockpairR", "_sockpairW"):
+            sock = getattr(self.client, name, None)
+            if sock is not None:
+                sock.close()
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@ watched label, fps and status sensors, one device, availability tied to ``B/stat
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Sequence
 
 from agent import __version__
@@ -16,9 +18,21 @@ AVAILABILITY_TEMPLATE = "{{ 'online' if value_json.state == 'online' else 'offli
 def _count_template(label: str) -> str:
     return (
         "{{ value_json.objects | selectattr('label', 'equalto', "
-        + json.dumps(label)
+        # ensure_ascii=False: Jinja reads "\\ud83d\\ude00" as two lone surrogates, not the emoji
+        + json.dumps(label, ensure_ascii=False)
         + ") | list | length }}"
     )
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+
+
+def _node_id(device_id: str) -> str:
+    """HA ignores discovery topics whose node_id or object_id is not ``[a-zA-Z0-9_-]+``
+    (a host name such as ``cam.lan`` is a valid device_id); ids that had to change get a hash."""
+    node = re.sub(r"[^a-zA-Z0-9_-]", "_", device_id)
+    return node if node == device_id else f"{node}_{_short_hash(device_id)}"
 
 
 def discovery_messages(
@@ -39,8 +53,12 @@ def discovery_messages(
         "payload_not_available": "offline",
     }
     entities: list[tuple[str, str, dict[str, object]]] = []
-    for label in labels:
-        slug = "".join(c if c.isalnum() else "_" for c in label.lower())
+    slugs: set[str] = set()
+    for label in dict.fromkeys(labels):  # each label once, in order
+        slug = re.sub(r"[^a-z0-9]", "_", label.lower())
+        if slug in slugs:  # "Person" and "person", "traffic light" and "traffic_light"
+            slug = f"{slug}_{_short_hash(label)}"
+        slugs.add(slug)
         count = _count_template(label)
         entities.append(
             (
@@ -105,6 +123,6 @@ def discovery_messages(
         config["unique_id"] = f"edge_agent_{node}_{object_id}"
         config["object_id"] = f"edge_agent_{node}_{object_id}"
         config["device"] = device
-        topic = f"{discovery_prefix}/{component}/edge_agent_{node}/{object_id}/config"
+        topic = f"{discovery_prefix}/{component}/edge_agent_{_node_id(node)}/{object_id}/config"
         out.append((topic, json.dumps(config, separators=(",", ":")).encode()))
     return out

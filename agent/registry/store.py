@@ -1,0 +1,301 @@
+"""The on-device model store: verified versions under ``models/NAME/VERSION/``, ``current`` and
+``previous`` symlinks switched by one atomic rename, downloads in ``staging/`` and the highest
+version ever accepted per model (so an old, signed manifest cannot downgrade the device).
+
+    ROOT/models/NAME/VERSION/{artifact, card.yaml, manifest.json, manifest.json.sig}
+    ROOT/models/NAME/current -> VERSION      ROOT/models/NAME/previous -> VERSION
+    ROOT/models/NAME/accepted.json           {"version": HIGHEST}
+    ROOT/staging/NAME/VERSION/               downloads in progress
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Literal
+
+from agent.errors import ManifestError, RegistryError
+from agent.registry.names import check_name, parse_version
+
+MODEL_SUFFIXES = (".onnx", ".tflite")
+LINKS = ("current", "previous")
+# Files that live beside the version folders: a version with one of these names would clash.
+_RESERVED = frozenset({*LINKS, "accepted.json"})
+
+Which = Literal["current", "previous"]
+
+
+class ModelStore:
+    """The model versions on this device, under ``root`` (the agent's state folder)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.models = self.root / "models"
+        self.staging = self.root / "staging"
+        # The updater thread and a rollback command may switch links at the same time.
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"ModelStore({str(self.root)!r})"
+
+    # --- paths ---
+
+    def model_dir(self, name: str) -> Path:
+        return self.models / check_name("model name", name)
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.model_dir(name) / check_version(version)
+
+    def staging_dir(self, name: str, version: str) -> Path:
+        """The folder a download of ``name`` ``version`` goes to (created)."""
+        folder = self.staging / check_name("model name", name) / check_version(version)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def link_path(self, name: str, which: Which = "current") -> Path:
+        """The ``current`` or ``previous`` link of ``name`` (e.g. for ``model.path``)."""
+        if which not in LINKS:
+            raise ValueError(f"which must be one of {LINKS}, not {which!r}")
+        return self.model_dir(name) / which
+
+    def model_file(self, name: str, version: str) -> Path:
+        """The one .onnx or .tflite file of an installed version."""
+        folder = self.version_dir(name, version)
+        try:
+            found = [
+                p for p in folder.iterdir() if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()
+            ]
+        except FileNotFoundError:
+            raise RegistryError(f"{name} {version} is not in the store ({folder})") from None
+        if len(found) != 1:
+            raise RegistryError(f"{folder}: expected one .onnx or .tflite file, found {len(found)}")
+        return found[0]
+
+    # --- versions ---
+
+    def versions(self, name: str) -> list[str]:
+        """Installed versions of ``name``, oldest first."""
+        folder = self.model_dir(name)
+        if not folder.is_dir():
+            return []
+        found = [
+            p.name
+            for p in folder.iterdir()
+            if p.is_dir() and not p.is_symlink() and _is_version_folder(p.name)
+        ]
+        return sorted(found, key=_version_key)
+
+    def install(self, name: str, version: str) -> Path:
+        """Move the staged ``name`` ``version`` into the store (one rename); return its folder.
+
+        An installed version is never replaced: if it is there already with the same files, the
+        staged copy is dropped; with different files, RegistryError.
+        """
+        src = self.staging / check_name("model name", name) / check_version(version)
+        dst = self.version_dir(name, version)
+        if not src.is_dir():
+            raise RegistryError(f"{name} {version}: nothing staged at {src}")
+        with self._lock:
+            if dst.exists():
+                if not _same_files(src, dst):
+                    raise RegistryError(
+                        f"{name} {version} is installed already with other files ({dst})"
+                    )
+                shutil.rmtree(src)
+                return dst
+            # The card and manifest were written without fsync: make them durable before the
+            # rename makes them part of the store.
+            for f in src.iterdir():
+                if f.is_file():
+                    _fsync_file(f)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            src.rename(dst)
+            _fsync_dir(dst.parent)
+            _fsync_dir(src.parent)
+        return dst
+
+    def remove(self, name: str, version: str) -> None:
+        """Delete an installed version; never the current or previous one."""
+        folder = self.version_dir(name, version)
+        with self._lock:
+            if version in (self.current(name), self.previous(name)):
+                raise RegistryError(f"{name} {version} is current or previous: not removed")
+            if not folder.exists():
+                return
+            # Renamed away first, so a crash halfway never leaves a half version that looks whole.
+            trash = folder.with_name(f".{version}.removing")
+            shutil.rmtree(trash, ignore_errors=True)
+            folder.rename(trash)
+            _fsync_dir(folder.parent)
+            shutil.rmtree(trash)
+
+    def clean_staging(self, name: str | None = None) -> None:
+        """Drop downloads in progress, of ``name`` or of every model."""
+        target = self.staging if name is None else self.staging / check_name("model name", name)
+        shutil.rmtree(target, ignore_errors=True)
+
+    # --- current and previous ---
+
+    def current(self, name: str) -> str | None:
+        return self._read_link(name, "current")
+
+    def previous(self, name: str) -> str | None:
+        return self._read_link(name, "previous")
+
+    def set_current(self, name: str, version: str) -> None:
+        """Make ``version`` current; the old current becomes previous (if it differs)."""
+        self._require(name, version)
+        with self._lock:
+            old = self.current(name)
+            if old == version:
+                return
+            # previous first: a crash between the two renames leaves current unchanged.
+            if old is not None:
+                self._switch(name, "previous", old)
+            self._switch(name, "current", version)
+
+    def set_previous(self, name: str, version: str | None) -> None:
+        """Point ``previous`` at ``version``, or remove it (None)."""
+        with self._lock:
+            if version is None:
+                link = self.link_path(name, "previous")
+                if link.is_symlink():
+                    link.unlink()
+                    _fsync_dir(link.parent)
+                return
+            self._require(name, version)
+            self._switch(name, "previous", version)
+
+    def rollback(self, name: str) -> str:
+        """Make ``previous`` current and the version rolled back from previous; return the
+        version now current."""
+        with self._lock:
+            target = self.previous(name)
+            if target is None:
+                raise RegistryError(f"no previous version of {name} to roll back to")
+            self._require(name, target)
+            old = self.current(name)
+            self._switch(name, "current", target)
+            if old is None or old == target:
+                self.set_previous(name, None)
+            else:
+                self._switch(name, "previous", old)
+            return target
+
+    # --- downgrade protection ---
+
+    def highest_accepted(self, name: str) -> str | None:
+        """The highest version of ``name`` ever accepted on this device."""
+        path = self.model_dir(name) / "accepted.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"{path}: unreadable ({exc})") from exc
+        version = data.get("version") if isinstance(data, dict) else None
+        if not isinstance(version, str):
+            raise RegistryError(f"{path}: no version in it")
+        return version
+
+    def record_accepted(self, name: str, version: str) -> None:
+        """Remember ``version`` as accepted, keeping the highest one (PEP 440 order)."""
+        new = parse_version(check_version(version))
+        with self._lock:
+            old = self.highest_accepted(name)
+            if old is not None and parse_version(old) >= new:
+                return
+            folder = self.model_dir(name)
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_atomic(folder / "accepted.json", json.dumps({"version": version}) + "\n")
+
+    # --- internals ---
+
+    def _require(self, name: str, version: str) -> None:
+        folder = self.version_dir(name, version)
+        if not folder.is_dir():
+            raise RegistryError(f"{name} {version} is not in the store ({folder})")
+
+    def _read_link(self, name: str, which: Which) -> str | None:
+        link = self.link_path(name, which)
+        try:
+            target = str(link.readlink())
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RegistryError(f"{link}: not a link ({exc.strerror})") from exc
+        try:
+            return check_version(target)
+        except ManifestError as exc:
+            raise RegistryError(f"{link} points at {target!r}, not a version folder") from exc
+
+    def _switch(self, name: str, which: Which, version: str) -> None:
+        """Point link ``which`` at ``version`` with one rename, so no reader sees it missing."""
+        link = self.link_path(name, which)
+        tmp = link.with_name(f".{which}.tmp")
+        tmp.unlink(missing_ok=True)  # left by a crash
+        # Relative target: the store keeps working when its root folder is moved or mounted.
+        tmp.symlink_to(version)
+        tmp.replace(link)
+        _fsync_dir(link.parent)
+
+
+def check_version(version: str) -> str:
+    """``version`` if it is safe as a version folder name in the store, else ManifestError."""
+    check_name("version", version)
+    if version in _RESERVED:
+        raise ManifestError(f"unsafe version {version!r}: reserved name in the store")
+    return version
+
+
+def _is_version_folder(name: str) -> bool:
+    try:
+        check_version(name)
+    except ManifestError:
+        return False
+    return True
+
+
+def _version_key(version: str) -> tuple[int, object, str]:
+    # Versions that are not PEP 440 sort first, by name, instead of breaking the listing.
+    try:
+        return (1, parse_version(version), version)
+    except ManifestError:
+        return (0, 0, version)
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    names_a = sorted(p.name for p in a.iterdir())
+    names_b = sorted(p.name for p in b.iterdir())
+    if names_a != names_b:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names_a, shallow=False)
+    return not mismatch and not errors
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file, fsync, rename, fsync the folder: old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

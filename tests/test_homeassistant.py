@@ -1,0 +1,266 @@
+"""Home Assistant MQTT discovery: the configs hold what HA requires, their topics match HA's
+discovery pattern, ids are unique, the templates render on real payloads; end to end, retained
+configs at connect and again when Home Assistant announces itself online."""
+
+from __future__ import annotations
+
+import gc
+import json
+import queue
+import re
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.publish.homeassistant import discovery_messages
+from agent.publish.payloads import detections_message, status_message
+from agent.publish.topics import Topics
+from tests.conftest import MEDIA, Subscriber
+
+# homeassistant/components/mqtt/discovery.py (TOPIC_MATCHER), anchored at our prefix.
+HA_TOPIC = re.compile(
+    r"^homeassistant/(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?"
+    r"(?P<object_id>[a-zA-Z0-9_-]+)/config$"
+)
+COMMON = {"name", "state_topic", "unique_id", "device", "value_template"}
+REQUIRED = {
+    "binary_sensor": COMMON | {"payload_on", "payload_off", "availability"},
+    "sensor": COMMON,
+}
+
+TOPICS = Topics("edge-agent", "cam-ha")
+
+
+@pytest.fixture(autouse=True)
+def _collect_paho_socketpairs():
+    """paho never closes the socketpair that ``loop_start`` opens; when a finished client is
+    garbage-collected later, the unclosed sockets' ResourceWarning would fail whatever test runs
+    then (filterwarnings = error). Collect this test's clients now, without that warning."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+def configs(labels: list[str], topics: Topics = TOPICS) -> dict[str, dict[str, Any]]:
+    out = {}
+    for topic, payload in discovery_messages(topics, "homeassistant", labels, "face-short-range"):
+        assert topic not in out, f"two configs on {topic}"
+        out[topic] = json.loads(payload)
+    return out
+
+
+def by_object(found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {HA_TOPIC.match(t)["object_id"]: c for t, c in found.items()}  # type: ignore[index]
+
+
+def test_discovery_configs_hold_what_home_assistant_requires():
+    found = configs(["person", "car"])
+    assert len(found) == 2 * 2 + 2  # binary + count sensor per label, fps, status
+    components = set()
+    for topic, config in found.items():
+        m = HA_TOPIC.match(topic)
+        assert m, topic
+        component = m["component"]
+        components.add(component)
+        assert m["node_id"] == "edge_agent_cam-ha"
+        assert REQUIRED[component] <= set(config), (topic, REQUIRED[component] - set(config))
+        device = config["device"]
+        assert device["identifiers"] and all(isinstance(i, str) for i in device["identifiers"])
+        assert device["name"] and device["manufacturer"] and device["sw_version"]
+        assert config["state_topic"].startswith(f"{TOPICS.base}/")
+        for entry in config.get("availability", []):
+            assert entry["topic"] == TOPICS.status
+            assert entry["value_template"]
+    assert components == {"binary_sensor", "sensor"}
+    unique_ids = [c["unique_id"] for c in found.values()]
+    assert len(set(unique_ids)) == len(unique_ids)
+    # One device for all entities.
+    assert len({json.dumps(c["device"], sort_keys=True) for c in found.values()}) == 1
+
+    entities = by_object(found)
+    person = entities["person_detected"]
+    assert (person["payload_on"], person["payload_off"]) == ("ON", "OFF")
+    assert person["state_topic"] == TOPICS.detections
+    assert entities["car_count"]["state_topic"] == TOPICS.detections
+    assert entities["fps"]["state_topic"] == TOPICS.metrics
+    assert entities["status"]["state_topic"] == TOPICS.status
+    assert "availability" not in entities["status"]  # it shows "offline" itself
+
+
+# Device ids may hold anything but / + # (a host name such as "cam.lan"); labels anything at all.
+device_ids = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="/+#", exclude_categories=("Cs",)),
+    min_size=1,
+    max_size=20,
+)
+labels = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(device_id=device_ids, label_list=st.lists(labels, max_size=8))
+def test_topics_match_home_assistants_pattern_and_ids_are_unique(
+    device_id: str, label_list: list[str]
+):
+    found = configs(label_list, Topics("edge-agent", device_id))
+    for topic, config in found.items():
+        assert HA_TOPIC.match(topic), topic
+        assert config["state_topic"].startswith(f"edge-agent/{device_id}/")
+    unique_ids = [c["unique_id"] for c in found.values()]
+    assert len(set(unique_ids)) == len(unique_ids)
+    assert len(found) == 2 * len(set(label_list)) + 2
+
+
+def test_look_alike_labels_and_device_ids_get_distinct_topics():
+    found = configs(["person", "Person", "traffic light", "traffic_light", "person"])
+    assert len(found) == 2 * 4 + 2
+    a = {HA_TOPIC.match(t)["node_id"] for t in configs(["x"], Topics("p", "cam.1"))}  # type: ignore[index]
+    b = {HA_TOPIC.match(t)["node_id"] for t in configs(["x"], Topics("p", "cam_1"))}  # type: ignore[index]
+    assert a.isdisjoint(b)
+    # Ids that were valid already keep their form (entities HA knows keep their topics).
+    assert "homeassistant/binary_sensor/edge_agent_cam-ha/person_detected/config" in found
+
+
+# --- the templates, rendered as Home Assistant renders them ---------------------------------
+
+
+def render(template: str, payload: bytes) -> str:
+    sandbox = pytest.importorskip("jinja2.sandbox")  # Home Assistant renders in its sandbox
+    env = sandbox.ImmutableSandboxedEnvironment()
+    return env.from_string(template).render(value_json=json.loads(payload)).strip()
+
+
+def detections(*labels: str) -> bytes:
+    objects = [
+        {"label": label, "class_id": i, "score": 0.9, "box": [0.1, 0.1, 0.5, 0.5]}
+        for i, label in enumerate(labels)
+    ]
+    return detections_message(7, 42, 640, 480, time.time(), ("m", "1"), (5.0, 9.0), objects)
+
+
+def test_value_templates_count_and_switch_on_real_detection_payloads():
+    entities = by_object(configs(["person", "car"]))
+    cases = [
+        ((), {"person": 0, "car": 0}),
+        (("person",), {"person": 1, "car": 0}),
+        (("person", "car", "person", "dog"), {"person": 2, "car": 1}),
+    ]
+    for objects, counts in cases:
+        payload = detections(*objects)
+        for label, n in counts.items():
+            assert render(entities[f"{label}_count"]["value_template"], payload) == str(n)
+            on = render(entities[f"{label}_detected"]["value_template"], payload)
+            assert on == ("ON" if n else "OFF")
+    metrics = json.dumps({"fps": 9.5, "latency_ms_p50": 3.0}).encode()
+    assert render(entities["fps"]["value_template"], metrics) == "9.5"
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(label=labels, others=st.lists(labels, max_size=3), n=st.integers(0, 3))
+def test_templates_count_any_label(label: str, others: list[str], n: int):
+    entity = by_object(configs([label]))
+    count = next(c for o, c in entity.items() if o.endswith("_count"))
+    binary = next(c for o, c in entity.items() if o.endswith("_detected"))
+    others = [o for o in others if o != label]
+    payload = detections(*([label] * n), *others)
+    assert render(count["value_template"], payload) == str(n)
+    assert render(binary["value_template"], payload) == ("ON" if n else "OFF")
+
+
+def test_availability_maps_online_to_online_and_offline_or_stopped_to_offline():
+    config = by_object(configs(["person"]))["person_detected"]
+    (availability,) = config["availability"]
+    # Per-entry payloads default to "online" / "offline" in Home Assistant.
+    available = availability.get("payload_available", "online")
+    not_available = availability.get("payload_not_available", "offline")
+    template = availability["value_template"]
+    assert render(template, status_message("online", model={"name": "m"})) == available
+    assert render(template, status_message("offline")) == not_available
+    assert render(template, status_message("stopped")) == not_available
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def agent_config(port: int, assets: Path, **ha: Any) -> dict[str, Any]:
+    return {
+        "device_id": "cam-ha",
+        "source": {"uri": str(MEDIA / "carphone_pristine.mp4"), "fps": 10, "loop": True},
+        "model": {"path": str(assets / "face-short-range.tflite"), "threads": 1},
+        "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 5},
+        "homeassistant": ha,
+    }
+
+
+def collect(sub: Subscriber, prefix: str, count: int, timeout: float = 20.0) -> dict[str, Any]:
+    """The next ``count`` configs under ``prefix``: topic -> (payload, retained)."""
+    got: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        try:
+            topic, payload, retain = sub.messages.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if topic.startswith(prefix) and topic.endswith("/config"):
+            got[topic] = (json.loads(payload), retain)
+    return got
+
+
+def test_agent_publishes_retained_discovery_and_again_when_home_assistant_comes_online(
+    broker, subscriber, write_config, run_agent, assets
+):
+    expected = {
+        t: json.loads(p)
+        for t, p in discovery_messages(
+            TOPICS, "homeassistant", ["face", "person"], "face-short-range"
+        )
+    }
+    live = subscriber("homeassistant/#")
+    status = subscriber(f"{TOPICS.base}/status")
+    agent = run_agent(write_config(agent_config(broker.port, assets, labels=["face", "person"])))
+
+    first = collect(live, "homeassistant/", len(expected))
+    assert {t: c for t, (c, _) in first.items()} == expected
+
+    # Retained: a Home Assistant that connects later reads them all at once.
+    late = subscriber("homeassistant/+/edge_agent_cam-ha/+/config")
+    stored = collect(late, "homeassistant/", len(expected))
+    assert {t: c for t, (c, _) in stored.items()} == expected
+    assert all(retained for _, retained in stored.values())
+
+    # Home Assistant restarted: it says "online" on homeassistant/status; the agent re-announces.
+    live.client.publish("homeassistant/status", b"online", qos=1).wait_for_publish(5)
+    again = collect(live, "homeassistant/", len(expected))
+    assert {t: c for t, (c, _) in again.items()} == expected
+    # Anything else on that topic is no reason to announce again.
+    live.client.publish("homeassistant/status", b"offline", qos=1).wait_for_publish(5)
+    assert collect(live, "homeassistant/", 1, timeout=1.0) == {}
+
+    # The availability template maps the status the agent really publishes.
+    template = expected["homeassistant/binary_sensor/edge_agent_cam-ha/face_detected/config"][
+        "availability"
+    ][0]["value_template"]
+    online = status.wait_for("/status", lambda s: s["state"] == "online")
+    assert render(template, json.dumps(online).encode()) == "online"
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(30) == 0
+    stopped = status.wait_for("/status", lambda s: s["state"] == "stopped")
+    assert render(template, json.dumps(stopped).encode()) == "offline"
+
+
+def test_discovery_labels_default_to_the_models_labels(
+    broker, subscriber, write_config, run_agent, assets
+):
+    live = subscriber("homeassistant/#")
+    run_agent(write_config(agent_config(broker.port, assets)))
+    expected = dict(discovery_messages(TOPICS, "homeassistant", ["face"], "face-short-range"))
+    got = collect(live, "homeassistant/", len(expected))
+    assert set(got) == set(expected)
