@@ -7,6 +7,7 @@ import resource
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -207,3 +208,90 @@ def run_publish_bench(backlog: int = 10_000, port: int | None = None) -> dict[st
                     drain_rate(Path(tmp) / "drain.sqlite", broker.port, backlog)
                 )
     return result
+
+
+def run_update_bench(
+    model: str | Path, *, threads: int = 2, probation_s: float = 0.0
+) -> dict[str, object]:
+    """Publish ``model`` twice to a registry served over loopback HTTP, run the pipeline on the
+    sample video with version 1, update to version 2 and time it until committed; report the
+    largest gap between two processed frames while it ran."""
+    import functools
+    import http.server
+    import shutil
+    import tempfile
+
+    from agent.config import RegistryConfig
+    from agent.registry.publish import publish
+    from agent.registry.signing import generate_key
+    from agent.registry.updater import Job, Updater
+
+    model = Path(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        key, pub = generate_key(root / "bench.key")
+        src = root / "src"
+        src.mkdir()
+        shutil.copy(model, src / model.name)
+        card = model.with_name(model.stem + ".card.yaml")
+        for version in ("1.0.0", "2.0.0"):
+            publish(
+                src / model.name,
+                root / "registry",
+                name="bench",
+                version=version,
+                key=key,
+                card=card if card.is_file() else None,
+            )
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        handler = functools.partial(Quiet, directory=str(root / "registry"))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        config = RegistryConfig(
+            url=f"http://127.0.0.1:{server.server_address[1]}/",
+            trusted_keys=[pub],
+            model="bench",
+            probation_s=probation_s,
+        )
+        updater = Updater(config, root / "state", threads=threads)
+        first = Detector.load(model, threads=threads)
+        stamps: list[float] = []
+        frames: list[np.ndarray] = []
+
+        def on_result(result: Result) -> None:
+            stamps.append(time.monotonic())
+            frames.append(result.frame.image)
+            del frames[:-5]
+
+        source = open_source(str(DEFAULT_VIDEO), fps=0, loop=True)
+        pipeline = Pipeline(source, first, on_result)
+        source.start()
+        pipeline.start()
+        updater.pipeline = pipeline
+        updater.recent_frames = lambda: list(frames)
+        while len(stamps) < 5:
+            time.sleep(0.05)
+        steady = float(np.median(np.diff(stamps)))
+        t0 = time.monotonic()
+        updater._run(Job("bench", "2.0.0", "stable"))
+        elapsed = time.monotonic() - t0
+        during = [s for s in stamps if s >= t0]
+        gaps = np.diff([t0, *during]) if during else np.array([elapsed])
+        ok = updater.state.state == "idle"
+        pipeline.stop()
+        source.stop()
+        server.shutdown()
+        server.server_close()
+        return {
+            "model": str(model),
+            "size_mb": round(model.stat().st_size / 1e6, 1),
+            "committed": ok,
+            "error": updater.state.error,
+            "update_to_commit_s": round(elapsed, 2),
+            "probation_s": probation_s,
+            "frame_interval_ms": round(steady * 1e3, 1),
+            "max_frame_gap_ms": round(float(gaps.max()) * 1e3, 1),
+        }

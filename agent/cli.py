@@ -230,6 +230,16 @@ def cmd_registry_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_update(args: argparse.Namespace) -> int:
+    from agent.bench import run_update_bench
+
+    result = run_update_bench(args.model, threads=args.threads, probation_s=args.probation)
+    print(
+        json.dumps(result) if args.json else "\n".join(f"{k:>20}: {v}" for k, v in result.items())
+    )
+    return 0 if result["committed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -291,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_pub.add_argument("--port", type=int, help="broker on 127.0.0.1 (default: start one)")
     bench_pub.add_argument("--json", action="store_true")
     bench_pub.set_defaults(func=cmd_bench_publish)
+
+    bench_upd = sub.add_parser(
+        "bench-update", help="time of a model update over loopback HTTP and the frame gap it causes"
+    )
+    bench_upd.add_argument("model")
+    bench_upd.add_argument("--threads", type=int, default=2)
+    bench_upd.add_argument("--probation", type=float, default=0.0, help="probation seconds")
+    bench_upd.add_argument("--json", action="store_true")
+    bench_upd.set_defaults(func=cmd_bench_update)
 
     reg = sub.add_parser("registry", help="publisher tools: keys, publishing, checking")
     reg_sub = reg.add_subparsers(dest="registry_command", required=True)

@@ -416,3 +416,56 @@ def test_agent_updates_over_mqtt_without_a_frame_gap(
     assert gaps.max() < 3 * np.median(gaps) + 0.2, gaps
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
+
+
+@pytest.mark.parametrize("state", ["downloading", "probation"])
+def test_agent_killed_during_an_update_restarts_on_a_verified_model(
+    state, broker, subscriber, write_config, run_agent, server, keys
+):
+    """A real SIGKILL of the agent process in the middle of an update, then a restart."""
+    sub = subscriber("edge-agent/cam-kill/#")
+    config = write_config(
+        {
+            "device_id": "cam-kill",
+            "source": {"uri": str(MEDIA / "carphone_pristine.mp4"), "fps": 5, "loop": True},
+            "model": {"path": str(FACE), "threads": 1},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "registry": {
+                "url": server.url,
+                "trusted_keys": [str(keys[1])],
+                "model": "face",
+                "probation_s": 30,
+                "latency_budget": 10,
+            },
+        }
+    )
+    first = run_agent(config)
+    for _ in range(3):
+        sub.wait_for("/detections")
+    if state == "downloading":
+        server.delay_s = 20  # the manifest request hangs: the update sits in "downloading"
+    sub.client.publish(
+        "edge-agent/cam-kill/cmd/model/update", json.dumps({"id": "k1", "version": "2.0.0"}), qos=1
+    )
+    sub.wait_for("/model", lambda m: m.get("update", {}).get("state") == state, timeout=60)
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    server.delay_s = 0
+    second = run_agent(config)
+    # It comes back on the configured model, says the update was interrupted, and detects.
+    model = sub.wait_for(
+        "/model",
+        lambda m: m.get("from") == "config" and m["update"]["state"] == "failed",
+        timeout=60,
+    )
+    assert "interrupted" in model["update"]["error"]
+    assert sub.wait_for("/detections")["model"]["name"] == "face-short-range"
+    assert "interrupted in state" in second.output()
+    # ...and the same update then goes through.
+    sub.client.publish(
+        "edge-agent/cam-kill/cmd/model/update", json.dumps({"id": "k2", "version": "2.0.0"}), qos=1
+    )
+    reply = sub.wait_for("/cmd/model/update/reply", lambda r: r["id"] == "k2", timeout=120)
+    assert reply["ok"] is True, reply
+    second.signal(signal.SIGTERM)
+    assert second.wait(30) == 0
