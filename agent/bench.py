@@ -243,6 +243,7 @@ def run_update_bench(
                 key=key,
                 card=card if card.is_file() else None,
             )
+
         class Quiet(http.server.SimpleHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:
                 pass

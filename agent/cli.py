@@ -166,23 +166,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         card=args.card,
         broker=args.broker,
     )
-    if args.json:
+    _print_result(result, args.json)
+    return 0
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    """One JSON object per line for scripts, aligned key: value lines for people."""
+    if as_json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:>18}: {value}")
-    return 0
+            print(f"{key:>20}: {value}")
 
 
 def cmd_bench_publish(args: argparse.Namespace) -> int:
     from agent.bench import run_publish_bench
 
-    result = run_publish_bench(args.messages, args.port)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>18}: {value}")
+    _print_result(run_publish_bench(args.messages, args.port), args.json)
     return 0
 
 
@@ -234,9 +234,7 @@ def cmd_bench_update(args: argparse.Namespace) -> int:
     from agent.bench import run_update_bench
 
     result = run_update_bench(args.model, threads=args.threads, probation_s=args.probation)
-    print(
-        json.dumps(result) if args.json else "\n".join(f"{k:>20}: {v}" for k, v in result.items())
-    )
+    _print_result(result, args.json)
     return 0 if result["committed"] else 1
 
 

@@ -3,14 +3,13 @@ survive a restart; applied over the config file at start."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from agent.atomic import write_atomic
 from agent.config import Config
 from agent.errors import ConfigError
 
@@ -47,24 +46,8 @@ def read_overlay(path: Path) -> dict[str, Any]:
 
 
 def write_overlay(path: Path, data: dict[str, Any]) -> None:
-    """Atomically: temp file, fsync, rename, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".overlay-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("# Settings changed over MQTT (config/set); they override the config file.\n")
-            yaml.safe_dump(data, fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    header = "# Settings changed over MQTT (config/set); they override the config file.\n"
+    write_atomic(path, (header + yaml.safe_dump(data, sort_keys=True)).encode(), 0o600)
 
 
 def with_overlay(config: Config) -> Config:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from agent import __version__
+from agent.atomic import fsync_dir
 from agent.errors import ChecksumError, DownloadError, ManifestError, RegistryError
 
 CHUNK = 64 * 1024
@@ -134,7 +135,7 @@ class RegistryClient:
             part_path.unlink(missing_ok=True)
             raise ChecksumError(f"{url}: sha256 is {actual}, the manifest says {sha256.lower()}")
         part_path.replace(dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
 
     # --- file:// ---
@@ -342,11 +343,3 @@ def _reason(exc: object, timeout_s: float) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,49 +13,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.atomic import fsync_dir, write_atomic
 from agent.errors import RegistryError, SignatureError
 
+__all__ = ["fsync_dir", "write_atomic"]  # re-exported for the publishing tools
+
 SIGNATURE_SUFFIX = ".sig"
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, overwrite: bool = True) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part.
-
-    The temporary file is created with ``mode`` from the start (mkstemp makes it 0600, then it is
-    widened if asked), so a private key is never readable by others, not even for a moment. Without
-    ``overwrite`` the file is put in place with a hard link, which fails if ``path`` exists even
-    when another process creates it at the same time.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)  # explicit, so the umask does not decide
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            tmp.replace(path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise RegistryError(f"{path}: already exists; not overwriting it") from None
-            tmp.unlink()
-        fsync_dir(path.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` survive a power cut."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def public_key_path(private_key: Path) -> Path:
@@ -81,9 +41,15 @@ def generate_key(out: Path) -> tuple[Path, Path]:
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    write_atomic(out, private_pem, 0o600, overwrite=False)
+    try:
+        write_atomic(out, private_pem, 0o600, overwrite=False)
+    except FileExistsError:
+        raise RegistryError(f"{out}: already exists; not overwriting a key") from None
     try:
         write_atomic(pub, public_pem, 0o644, overwrite=False)
+    except FileExistsError:
+        out.unlink()
+        raise RegistryError(f"{pub}: already exists; not overwriting a key") from None
     except BaseException:
         # Half a key pair is worse than none: the next keygen would refuse to run.
         out.unlink()

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Literal
 
+from agent.atomic import fsync_dir, write_atomic
 from agent.errors import ManifestError, RegistryError
 from agent.registry.names import check_name, parse_version
 
@@ -114,8 +115,8 @@ class ModelStore:
                     _fsync_file(f)
             dst.parent.mkdir(parents=True, exist_ok=True)
             src.rename(dst)
-            _fsync_dir(dst.parent)
-            _fsync_dir(src.parent)
+            fsync_dir(dst.parent)
+            fsync_dir(src.parent)
         return dst
 
     def remove(self, name: str, version: str) -> None:
@@ -130,7 +131,7 @@ class ModelStore:
             trash = folder.with_name(f".{version}.removing")
             shutil.rmtree(trash, ignore_errors=True)
             folder.rename(trash)
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
             shutil.rmtree(trash)
 
     def clean_staging(self, name: str | None = None) -> None:
@@ -165,7 +166,7 @@ class ModelStore:
                 link = self.link_path(name, "previous")
                 if link.is_symlink():
                     link.unlink()
-                    _fsync_dir(link.parent)
+                    fsync_dir(link.parent)
                 return
             self._require(name, version)
             self._switch(name, "previous", version)
@@ -211,7 +212,9 @@ class ModelStore:
                 return
             folder = self.model_dir(name)
             folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(folder / "accepted.json", json.dumps({"version": version}) + "\n")
+            write_atomic(
+                folder / "accepted.json", (json.dumps({"version": version}) + "\n").encode()
+            )
 
     # --- internals ---
 
@@ -241,7 +244,7 @@ class ModelStore:
         # Relative target: the store keeps working when its root folder is moved or mounted.
         tmp.symlink_to(version)
         tmp.replace(link)
-        _fsync_dir(link.parent)
+        fsync_dir(link.parent)
 
 
 def check_version(version: str) -> str:
@@ -277,25 +280,6 @@ def _same_files(a: Path, b: Path) -> bool:
     return not mismatch and not errors
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file, fsync, rename, fsync the folder: old or new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    _fsync_dir(path.parent)
-
-
 def _fsync_file(path: Path) -> None:
     with path.open("rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

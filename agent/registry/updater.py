@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +28,7 @@ import numpy as np
 import yaml
 
 from agent import __version__
+from agent.atomic import write_atomic
 from agent.config import RegistryConfig
 from agent.detection import Detector
 from agent.detection.detector import file_sha256
@@ -141,18 +140,7 @@ class Updater:
             setattr(self.state, key, value)
         self.state.state = state
         self.state.history = self.state.history[-20:]
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".updater-", dir=self.state_path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(self.state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(self.state_path)
-        dir_fd = os.open(self.state_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.state_path, json.dumps(asdict(self.state)).encode())
         self._on_change(self.state, {})
 
     # --- start-up ---
