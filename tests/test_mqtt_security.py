@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agent.app import EXIT_CONFIG
 from agent.config import MqttConfig, TlsConfig
 from agent.errors import PublishError
-from agent.localbroker import LocalBroker, free_port, mosquitto_binary
+from agent.localbroker import LocalBroker, free_port, mosquitto_binary, port_open
 from agent.publish.mqtt import tls_context
 from tests.conftest import MEDIA, AgentProcess, Subscriber
 
@@ -182,6 +182,10 @@ def secure_broker() -> Iterator[Callable[[str], SecureBroker]]:
         )
         started.append(b)
         b.start()
+        # start() waits for the first listener only; mosquitto opens the second a moment later.
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", plain) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return SecureBroker(b, plain)
 
     yield start
