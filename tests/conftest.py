@@ -3,6 +3,7 @@ and the agent run as a real process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -152,8 +153,11 @@ class AgentProcess:
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.signal(signal.SIGKILL)
                 self.proc.wait()
+        # Whatever the group still holds (the agent under a wrapper such as strace) goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self._log_fh.close()
 
 
