@@ -20,6 +20,7 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.detection.types import box_iou as iou  # noqa: F401  (tests import it from here)
 from agent.localbroker import LocalBroker, mosquitto_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,11 +186,3 @@ def run_agent() -> Iterator[Callable[..., AgentProcess]]:
     yield start
     for a in started:
         a.stop()
-
-
-def iou(a: list[float] | tuple[float, ...], b: list[float] | tuple[float, ...]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0

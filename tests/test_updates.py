@@ -469,3 +469,29 @@ def test_agent_killed_during_an_update_restarts_on_a_verified_model(
     assert reply["ok"] is True, reply
     second.signal(signal.SIGTERM)
     assert second.wait(30) == 0
+
+
+@pytest.mark.parametrize(
+    ("box", "passes"), [((0.35, 0.16, 0.53, 0.34), True), ((0.6, 0.6, 0.9, 0.9), False)]
+)
+def test_canary_images_must_show_what_the_manifest_expects(
+    rig: Rig, registry: Path, keys, tmp_path: Path, box: tuple[float, ...], passes: bool
+) -> None:
+    folder = tmp_path / "canary"
+    model = face_copy(folder)
+    expect = [{"label": "face", "box": list(box), "min_iou": 0.5}]
+    publish(
+        model,
+        registry,
+        name="face",
+        version="3.0.0",
+        key=keys[0],
+        channel=None,
+        canaries=[(MEDIA / "astronaut.png", expect)],
+    )
+    if passes:
+        rig.run("3.0.0")
+        assert rig.updater.state.state == "idle", rig.updater.state.error
+        assert rig.serving_version() == "3.0.0"
+    else:
+        refused(rig, "canary astronaut.png", version="3.0.0")

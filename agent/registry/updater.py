@@ -402,22 +402,18 @@ class Updater:
     def _check_canaries(self, manifest: Manifest, detector: Detector, folder: Path) -> None:
         import cv2
 
-        from agent.detection.types import Detection
-
-        def iou(a: Sequence[float], b: Sequence[float]) -> float:
-            ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-            iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-            return ix * iy / union if union > 0 else 0.0
+        from agent.detection.types import box_iou
 
         for canary in manifest.canaries:
             image = cv2.imread(str(folder / canary.image))
             if image is None:
+                detector.close()
                 raise TrialError(f"trial: canary {canary.image} is not an image")
-            found: list[Detection] = detector.detect(image)[0]
+            found = detector.detect(image)[0]
             for want in canary.expect:
                 if not any(
-                    d.label == want.label and iou(d.box, want.box) >= want.min_iou for d in found
+                    d.label == want.label and box_iou(d.box, want.box) >= want.min_iou
+                    for d in found
                 ):
                     detector.close()
                     raise TrialError(
