@@ -242,19 +242,15 @@ class Agent:
         self.publisher.publish(self.topics.model, json.dumps(body).encode(), qos=1, retain=True)
 
     def _on_update_change(self, state: UpdateState, extra: dict[str, Any]) -> None:
-        if state.state == "committed" and self.pipeline is not None and self.updater is not None:
+        # The model in service can change at these steps: swap (probation), commit, rollback.
+        origin = {
+            "probation": "store (probation)",
+            "committed": "store",
+            "failed": self.model_info.get("from", "config"),
+        }.get(state.state)
+        if origin is not None and self.pipeline is not None:
             detector = self.pipeline.detector
-            version_dir = self.updater.store.version_dir(detector.card.name, detector.card.version)
-            self._set_model_info(detector, Path(detector.runtime.path), "store")
-            del version_dir
-        elif state.state == "probation" and self.pipeline is not None:
-            detector = self.pipeline.detector
-            self._set_model_info(detector, Path(detector.runtime.path), "store (probation)")
-        elif state.state == "failed" and self.pipeline is not None:
-            detector = self.pipeline.detector
-            self._set_model_info(
-                detector, Path(detector.runtime.path), self.model_info.get("from", "config")
-            )
+            self._set_model_info(detector, Path(detector.runtime.path), origin)
         self._publish_model(extra)
 
     def _on_update_done(

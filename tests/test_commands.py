@@ -4,12 +4,10 @@ payloads, and property tests of CommandProcessor on its own."""
 
 from __future__ import annotations
 
-import gc
 import json
 import queue
 import signal
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -30,17 +28,6 @@ from agent.overlay import merged
 from tests.conftest import MEDIA, Subscriber
 
 PREFIX = "edge-agent"
-
-
-@pytest.fixture(autouse=True)
-def _collect_paho_socketpairs():
-    """paho never closes the socketpair that ``loop_start`` opens; when a finished client is
-    garbage-collected later, the unclosed sockets' ResourceWarning would fail whatever test runs
-    then (filterwarnings = error). Collect this test's clients now, without that warning."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 def agent_config(port: int, assets: Path, device: str, **publish: Any) -> dict[str, Any]:

@@ -4,13 +4,11 @@ configs at connect and again when Home Assistant announces itself online."""
 
 from __future__ import annotations
 
-import gc
 import json
 import queue
 import re
 import signal
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +33,6 @@ REQUIRED = {
 }
 
 TOPICS = Topics("edge-agent", "cam-ha")
-
-
-@pytest.fixture(autouse=True)
-def _collect_paho_socketpairs():
-    """paho never closes the socketpair that ``loop_start`` opens; when a finished client is
-    garbage-collected later, the unclosed sockets' ResourceWarning would fail whatever test runs
-    then (filterwarnings = error). Collect this test's clients now, without that warning."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 def configs(labels: list[str], topics: Topics = TOPICS) -> dict[str, dict[str, Any]]:
