@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.compress.cli import add_compress_commands
+from agent.compress.distill_cli import add_distill_command
 from agent.errors import EdgeAgentError
 from agent.logs import setup_logging
+from agent.split.cli import add_split_commands
 
 log = logging.getLogger("agent")
 
@@ -281,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--card")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_model_info)
+    add_compress_commands(model_sub)
+    add_distill_command(model_sub)
+    add_split_commands(model_sub)
 
     bench = sub.add_parser("bench", help="measure runtime, pipeline and naive-loop speed")
     bench.add_argument("model")

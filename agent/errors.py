@@ -9,11 +9,13 @@
     ├── RuntimeUnavailableError   the runtime a model needs is not installed
     ├── SourceError          a camera, stream, file or folder cannot be opened or read
     ├── PublishError         the MQTT connection cannot be set up
-    └── RegistryError        a model update cannot be used (the running model keeps serving)
-        ├── SignatureError   no trusted key signed these exact bytes
-        ├── ManifestError    a manifest or index is malformed, expired, unsafe or not for us
-        ├── DownloadError    the artifact cannot be fetched, or is larger than announced
-        └── ChecksumError    the artifact's sha256 differs from the manifest's
+    ├── RegistryError        a model update cannot be used (the running model keeps serving)
+    │   ├── SignatureError   no trusted key signed these exact bytes
+    │   ├── ManifestError    a manifest or index is malformed, expired, unsafe or not for us
+    │   ├── DownloadError    the artifact cannot be fetched, or is larger than announced
+    │   └── ChecksumError    the artifact's sha256 differs from the manifest's
+    ├── CompressError        a quantize/prune/distill/eval run cannot be done as asked
+    └── SplitError           a model cannot be cut where asked, or split parts do not fit
 
 Third-party errors are translated where they enter (``raise ModelLoadError(...) from exc``).
 """
@@ -75,3 +77,11 @@ class DownloadError(RegistryError):
 
 class ChecksumError(RegistryError):
     """An artifact's sha256 does not match its manifest."""
+
+
+class CompressError(EdgeAgentError):
+    """A model-toolchain run (quantize, prune, distill, eval) cannot be done as asked."""
+
+
+class SplitError(EdgeAgentError):
+    """A model cannot be cut at the asked point, or head and tail do not fit together."""
