@@ -34,6 +34,7 @@ from agent.sources import FrameSource, SourceStatus, open_source
 
 if TYPE_CHECKING:
     from agent.registry.updater import Job, Updater, UpdateState
+    from agent.split.head import SplitHead
 
 log = logging.getLogger("agent.app")
 
@@ -70,6 +71,17 @@ class Agent:
         self.topics = self.publisher.topics
         self._recent: deque[np.ndarray] = deque(maxlen=10)
         self.model_info: dict[str, Any] = {}
+        self.split: SplitHead | None = None
+        if self.config.split.role == "head":
+            # Imported here: only a split head needs onnx and the split machinery.
+            from agent.split.head import SplitHead
+
+            self.split = SplitHead(
+                self.config.split,
+                self.publisher,
+                threads=self.config.model.threads,
+                providers=self.config.model.providers or None,
+            )
         self.updater: Updater | None = None
         if self.config.registry is not None:
             # Imported here: a device without a registry never loads the update machinery.
@@ -315,6 +327,7 @@ class Agent:
             "rss_mb": self.usage.rss_mb(),
             "cpu_percent": self.usage.cpu_percent(),
             "uptime_s": self.usage.uptime_s(),
+            **({"split": self.split.metrics()} if self.split is not None else {}),
         }
 
     def _discovery(self) -> None:
@@ -352,6 +365,8 @@ class Agent:
                 "outbox holds %d undelivered messages from before; sending them first",
                 self.outbox.depth,
             )
+        if self.split is not None:
+            self.split.attach()
         self.publisher.start()
         self.source = open_source(
             c.source.uri,
@@ -362,7 +377,9 @@ class Agent:
             backoff_max_s=c.source.backoff_max_s,
             on_status=self._on_source_status,
         )
-        self.pipeline = Pipeline(self.source, self.detector, self._on_result, self._settings())
+        self.pipeline = Pipeline(
+            self.source, self.detector, self._on_result, self._settings(), offload=self.split
+        )
         self.source.start()
         self.pipeline.start()
         if self.updater is not None:
@@ -399,7 +416,7 @@ class Agent:
                 }
                 restart_only = [
                     name
-                    for name in ("device_id", "model", "mqtt", "store", "homeassistant")
+                    for name in ("device_id", "model", "mqtt", "store", "homeassistant", "split")
                     if getattr(fresh, name) != getattr(self.config, name)
                 ]
                 if fresh.source.model_dump(exclude={"fps"}) != self.config.source.model_dump(

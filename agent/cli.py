@@ -27,6 +27,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.config import load_config
 
     config = load_config(args.config)
+    if config.split.role == "tail":
+        from agent.split.tail import TailAgent
+
+        return TailAgent(config).run_forever()
     return Agent(config, config_path=args.config).run()
 
 

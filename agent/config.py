@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError
 
@@ -191,6 +198,57 @@ class ServiceConfig(Section):
     )
 
 
+class SplitConfig(Section):
+    role: Literal["off", "head", "tail"] = Field(
+        "off",
+        description="head: run the first layers here and send the cut tensor to `peer`; "
+        "tail: serve heads that address this device (no camera needed); off: all local",
+    )
+    peer: str | None = Field(None, description="head: device_id of the tail agent")
+    at: str = Field(
+        "auto",
+        description="cut id (see `edge-agent model plan-split`), or auto: planned from this "
+        "device's profile and the measured link and peer, re-planned when they change",
+    )
+    codec: Literal["int8", "fp16", "raw"] = Field(
+        "fp16", description="coding of the cut tensor on the wire (zstd-compressed)"
+    )
+    deadline_ms: float = Field(
+        1000, gt=0, description="a frame whose result is later than this runs locally"
+    )
+    bandwidth_mbps: float = Field(
+        20, gt=0, description="auto: link bandwidth assumed until one is measured"
+    )
+    rtt_ms: float = Field(5, ge=0, description="auto: round trip assumed until one is measured")
+    peer_speedup: float = Field(
+        1.0, gt=0, description="auto: how much faster the peer is, assumed until measured"
+    )
+    replan_margin: float = Field(
+        0.25, gt=0, description="auto: re-plan when bandwidth or peer speed moves by this share"
+    )
+    max_tensors: int = Field(
+        4, ge=1, description="auto: consider cuts carrying at most this many tensors"
+    )
+    max_misses: int = Field(
+        3, ge=1, description="deadlines missed in a row before the peer counts as unresponsive"
+    )
+    retry_s: float = Field(
+        10, gt=0, description="while the peer is unresponsive, run locally this long, then retry"
+    )
+    link_mbps: float | None = Field(
+        None,
+        gt=0,
+        description="simulate a slower link: a token bucket paces the head's sends (tests, "
+        "benchmarks)",
+    )
+
+    @model_validator(mode="after")
+    def _head_needs_peer(self) -> SplitConfig:
+        if self.role == "head" and not self.peer:
+            raise ValueError("split.role head needs split.peer (the tail agent's device_id)")
+        return self
+
+
 class Config(Section):
     device_id: str = Field(
         default_factory=socket.gethostname, description="device name in topics; default: host name"
@@ -206,6 +264,9 @@ class Config(Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     registry: RegistryConfig | None = Field(None, description="model updates; absent = off")
+    split: SplitConfig = Field(
+        default_factory=SplitConfig, description="split inference across two devices"
+    )
 
     @property
     def outbox_path(self) -> Path:

@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -38,6 +39,19 @@ class _Prepared:
     transform: Transform
     detector: Detector
     preprocess_ms: float
+
+
+class Offload(Protocol):
+    """Runs a frame somewhere other than wholly here (split inference); returns the detections
+    and the milliseconds of inference and decoding."""
+
+    def run(
+        self,
+        detector: Detector,
+        tensor: np.ndarray,
+        transform: Transform,
+        settings: DetectorSettings,
+    ) -> tuple[list[Detection], float, float]: ...
 
 
 class Stats:
@@ -93,8 +107,10 @@ class Pipeline:
         detector: Detector,
         on_result: Callable[[Result], None],
         settings: DetectorSettings | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.source = source
+        self.offload = offload
         self._detector = detector
         self.settings = settings or DetectorSettings()
         self.on_result = on_result
@@ -199,11 +215,16 @@ class Pipeline:
                 times.preprocess = (time.perf_counter() - t0) * 1e3
             t1 = time.perf_counter()
             self._infer_since = time.monotonic()
-            outputs = detector.infer(tensor)
+            if self.offload is not None:
+                detections, times.inference, times.decode = self.offload.run(
+                    detector, tensor, transform, self.settings
+                )
+            else:
+                outputs = detector.infer(tensor)
+                t2 = time.perf_counter()
+                detections = detector.postprocess(outputs, transform, self.settings)
+                times.inference, times.decode = (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3
             self._infer_since = None
-            t2 = time.perf_counter()
-            detections = detector.postprocess(outputs, transform, self.settings)
-            t3 = time.perf_counter()
         except Exception:
             self._infer_since = None
             # A model that fails on one frame must not take the agent down; the count shows in
@@ -211,7 +232,6 @@ class Pipeline:
             self.stats.errors += 1
             log.exception("inference on frame %s failed", item.frame.id)
             return
-        times.inference, times.decode = (t2 - t1) * 1e3, (t3 - t2) * 1e3
         self.stats.record(times.total)
         result = Result(
             item.frame, detections, times, detector.card.name, detector.card.version, time.time()

@@ -14,7 +14,7 @@ from agent.detection.card import ModelCard, resolve_card
 from agent.detection.decoders import DECODERS
 from agent.detection.nms import nms
 from agent.detection.preprocess import Preprocessor, Transform
-from agent.detection.types import Detection
+from agent.detection.types import Candidates, Detection
 from agent.errors import ModelCardError
 from agent.runtimes import Runtime, load_runtime
 
@@ -49,6 +49,28 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def decode_candidates(
+    outputs: Sequence[np.ndarray],
+    card: ModelCard,
+    names: Sequence[str],
+    settings: DetectorSettings | None = None,
+) -> Candidates:
+    """The family's decoder, the label filter and NMS, at the settings' thresholds (or the
+    card's). Also used where only a model's tail runs (split inference)."""
+    settings = settings or DetectorSettings()
+    score = settings.score_threshold
+    if score is None:
+        score = card.thresholds.score
+    iou = settings.iou_threshold
+    if iou is None:
+        iou = card.thresholds.iou
+    candidates = DECODERS[card.family](outputs, card, score, names)
+    if settings.labels and len(candidates):
+        wanted = {i for i, name in enumerate(card.labels) if name in settings.labels}
+        candidates = candidates.select(np.isin(candidates.class_ids, list(wanted)))
+    return nms(candidates, iou)
+
+
 class Detector:
     """Runs one model on frames. Not thread-safe: one pipeline thread owns it."""
 
@@ -57,7 +79,6 @@ class Detector:
         self.card = card
         self._check_fits()
         self.preprocess = Preprocessor(card.input)
-        self._decode = DECODERS[card.family]
         self._names = [o.name for o in runtime.outputs]
 
     @classmethod
@@ -114,18 +135,17 @@ class Detector:
         transform: Transform,
         settings: DetectorSettings | None = None,
     ) -> list[Detection]:
-        settings = settings or DetectorSettings()
-        score = settings.score_threshold
-        if score is None:
-            score = self.card.thresholds.score
-        iou = settings.iou_threshold
-        if iou is None:
-            iou = self.card.thresholds.iou
-        candidates = self._decode(outputs, self.card, score, self._names)
-        if settings.labels and len(candidates):
-            wanted = {i for i, name in enumerate(self.card.labels) if name in settings.labels}
-            candidates = candidates.select(np.isin(candidates.class_ids, list(wanted)))
-        kept = nms(candidates, iou)
+        return self.to_detections(self.candidates(outputs, settings), transform)
+
+    def candidates(
+        self, outputs: Sequence[np.ndarray], settings: DetectorSettings | None = None
+    ) -> Candidates:
+        """Decode raw outputs, keep the wanted labels, suppress overlaps: boxes still in the
+        model input's 0..1 coordinates."""
+        return decode_candidates(outputs, self.card, self._names, settings)
+
+    def to_detections(self, kept: Candidates, transform: Transform) -> list[Detection]:
+        """Candidates in model-input coordinates -> detections in the frame's 0..1 coordinates."""
         boxes = transform.to_frame(kept.boxes)
         labels = self.card.labels
         return [

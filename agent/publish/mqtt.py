@@ -231,6 +231,19 @@ class MqttPublisher:
         if self.connected.is_set():
             self._client.subscribe(topic, qos)
 
+    def route(self, topic: str, handler: Callable[[str, bytes], None], qos: int = 0) -> None:
+        """Subscribe to ``topic`` (a filter) and hand its messages to ``handler`` on paho's
+        network thread instead of ``incoming``. ``handler`` must only record or enqueue."""
+
+        def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            try:
+                handler(msg.topic, bytes(msg.payload))
+            except Exception:  # a bad message must not take paho's thread down
+                log.exception("handling a message on %s failed", msg.topic)
+
+        self._client.message_callback_add(topic, on_message)
+        self.subscribe(topic, qos)
+
     def start(self) -> None:
         try:
             self._client.connect_async(

@@ -1,0 +1,128 @@
+"""One ONNX model cut into head and tail sessions at any of its cut points, made on demand and
+kept for the cuts in use (a re-plan moves between a few of them)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import agent  # noqa: F401  (sets ORT_DISABLE_TELEMETRY before onnxruntime is imported)
+from agent.detection.detector import file_sha256
+from agent.errors import SplitError
+
+if TYPE_CHECKING:
+    from agent.split.partition import Cut
+
+log = logging.getLogger("agent.split")
+
+
+class Part:
+    """One side of a cut, run by onnxruntime: named tensors in, named tensors out."""
+
+    def __init__(self, model_bytes: bytes, threads: int, providers: Sequence[str] | None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            model_bytes, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+        self.inputs = [i.name for i in self._session.get_inputs()]
+        self.outputs = [o.name for o in self._session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            missing = [n for n in self.inputs if n not in feeds]
+            if missing:
+                raise SplitError(f"missing cut tensor(s) {missing}")
+            results = self._session.run(None, {n: feeds[n] for n in self.inputs})
+        except SplitError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise SplitError(f"running a split part failed: {exc}") from exc
+        return {n: np.asarray(r) for n, r in zip(self.outputs, results, strict=True)}
+
+
+class SplitModel:
+    """An ONNX model with its cut points; ``parts(cut)`` gives the head and tail for a cut."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        threads: int = 0,
+        providers: Sequence[str] | None = None,
+        keep: int = 4,
+    ) -> None:
+        try:
+            import onnx
+        except ImportError as exc:
+            raise SplitError(
+                "split inference needs the onnx package: pip install 'edge-agent[compress]'"
+            ) from exc
+        from agent.split.partition import partition
+
+        self.path = Path(path)
+        if self.path.suffix != ".onnx":
+            raise SplitError(f"{self.path}: only ONNX models can be split")
+        self.sha256 = file_sha256(self.path)
+        try:
+            proto = onnx.load(str(self.path))
+        except Exception as exc:
+            raise SplitError(f"{self.path}: onnx cannot read it: {exc}") from exc
+        self._graph = partition(proto)
+        self.cuts: dict[str, Cut] = {c.id: c for c in self._graph.cuts}
+        self.input_names = list(self._graph.inputs)
+        self.output_names = list(self._graph.outputs)
+        self._threads = threads
+        self._providers = providers
+        self._keep = keep
+        self._parts: OrderedDict[str, tuple[Part | None, Part]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cut(self, cut_id: str) -> Cut:
+        try:
+            return self.cuts[cut_id]
+        except KeyError:
+            raise SplitError(
+                f"{self.path.name} has no cut {cut_id!r} (see `edge-agent model plan-split`)"
+            ) from None
+
+    def parts(self, cut_id: str) -> tuple[Part | None, Part]:
+        """Head and tail sessions for ``cut_id``, made the first time it is asked for. At the
+        ``input`` cut (all remote) there is no head and the tail is the whole model."""
+        with self._lock:
+            if cut_id in self._parts:
+                self._parts.move_to_end(cut_id)
+                return self._parts[cut_id]
+        cut = self.cut(cut_id)
+        from agent.split.partition import split_model
+
+        pair: tuple[Part | None, Part]
+        if cut.kind == "remote":
+            whole = self._graph.model.SerializeToString()
+            pair = (None, Part(whole, self._threads, self._providers))
+        else:  # split_model refuses the "output" cut: nothing runs remotely there
+            head, tail = split_model(self._graph, cut_id)
+            pair = (
+                Part(head.SerializeToString(), self._threads, self._providers),
+                Part(tail.SerializeToString(), self._threads, self._providers),
+            )
+        log.info("split %s at %s: head and tail sessions ready", self.path.name, cut_id)
+        with self._lock:
+            self._parts[cut_id] = pair
+            while len(self._parts) > self._keep:
+                self._parts.popitem(last=False)
+        return pair
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.path.name, "sha256": self.sha256, "cuts": len(self.cuts)}

@@ -1,0 +1,208 @@
+"""The tail agent (``split.role: tail``): serves heads that send it a cut tensor.
+
+It subscribes to ``B/split/request``; each request names the cut, the model digest, the head's
+thresholds and the topic to reply to. The tail runs the model's remaining layers and its decoder
+and NMS, and replies with the kept boxes (in model-input coordinates; the head maps them back to
+its frame and publishes them through its own outbox, so its ``seq`` and delivery guarantees stay
+whole). Its retained ``B/status`` (with the last will ``offline``) is what heads watch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from agent.config import Config
+from agent.detection.card import resolve_card
+from agent.detection.detector import DetectorSettings, decode_candidates
+from agent.errors import EdgeAgentError, SplitError
+from agent.health import ProcessUsage
+from agent.publish import MqttPublisher
+from agent.service import Notifier
+from agent.split.codec import decode, encode
+from agent.split.parts import SplitModel
+
+log = logging.getLogger("agent.split.tail")
+
+REQUEST = "split/request"
+
+
+class TailAgent:
+    """Runs tails for heads; one worker thread, newest requests first when it falls behind."""
+
+    def __init__(self, config: Config, backlog: int = 4) -> None:
+        self.config = config
+        c = config.model
+        self.model = SplitModel(c.path, threads=c.threads, providers=c.providers or None)
+        runtime_outputs = self.model.output_names
+        from agent.runtimes import load_runtime
+
+        probe = load_runtime(c.path, threads=1)
+        self.card = resolve_card(c.path, probe, c.card)
+        probe.close()
+        self._names = runtime_outputs
+        self.publisher = MqttPublisher(config.mqtt, config.device_id, status_extra=self._status)
+        self.topics = self.publisher.topics
+        self.notifier = Notifier()
+        self.usage = ProcessUsage()
+        self._requests: queue.Queue[bytes] = queue.Queue(maxsize=backlog)
+        self._stop = threading.Event()
+        self._tail_ms: deque[float] = deque(maxlen=200)
+        self.served = 0
+        self.failed = 0
+        self.dropped = 0
+        self._worker = threading.Thread(target=self._work, name="tail", daemon=True)
+
+    def _status(self) -> dict[str, object]:
+        return {
+            "model": {
+                "name": self.card.name,
+                "version": self.card.version,
+                "sha256": self.model.sha256,
+            },
+            "split": {"role": "tail"},
+        }
+
+    def _on_request(self, topic: str, payload: bytes) -> None:
+        try:
+            self._requests.put_nowait(payload)
+        except queue.Full:  # behind: the oldest request is the one most likely already late
+            try:
+                self._requests.get_nowait()
+                self.dropped += 1
+            except queue.Empty:
+                pass
+            self._requests.put_nowait(payload)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                payload = self._requests.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._serve(payload)
+
+    def _serve(self, payload: bytes) -> None:
+        try:
+            meta, tensors = decode(payload)
+        except SplitError as exc:
+            self.failed += 1
+            log.warning("malformed split request: %s", exc)
+            return
+        reply_to = meta.get("reply_to")
+        if not isinstance(reply_to, str) or not reply_to or any(c in reply_to for c in "+#"):
+            self.failed += 1
+            log.warning("split request without a usable reply_to: %r", reply_to)
+            return
+        answer: dict[str, Any] = {"id": meta.get("id"), "ok": False}
+        arrays: dict[str, np.ndarray] = {}
+        try:
+            arrays, tail_ms = self.run(meta, tensors)
+            answer.update(ok=True, tail_ms=round(tail_ms, 3))
+            self.served += 1
+            self._tail_ms.append(tail_ms)
+        except EdgeAgentError as exc:
+            self.failed += 1
+            answer["error"] = str(exc)
+            log.warning("split request %s refused: %s", meta.get("id"), exc)
+        self.publisher.publish(reply_to, encode(answer, arrays, method="raw"), qos=0)
+
+    def run(
+        self, meta: dict[str, Any], tensors: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], float]:
+        """The tail of the requested cut and the decoder: kept boxes, scores and class ids."""
+        model = meta.get("model") or {}
+        if model.get("sha256") != self.model.sha256:
+            raise SplitError(
+                f"model mismatch: the head runs {model.get('name')} {model.get('version')} "
+                f"({str(model.get('sha256'))[:12]}), this tail has {self.card.name} "
+                f"{self.card.version} ({self.model.sha256[:12]})"
+            )
+        cut = str(meta.get("cut"))
+        t0 = time.perf_counter()
+        _head, tail = self.model.parts(cut)
+        outputs = tail.run(tensors)
+        s = meta.get("settings") or {}
+        settings = DetectorSettings(
+            score_threshold=s.get("score"), iou_threshold=s.get("iou"), labels=s.get("labels", ())
+        )
+        kept = decode_candidates(
+            [outputs[n] for n in self._names], self.card, self._names, settings
+        )
+        tail_ms = (time.perf_counter() - t0) * 1e3
+        return {
+            "boxes": kept.boxes.astype(np.float32).reshape(-1, 4),
+            "scores": kept.scores.astype(np.float32),
+            "class_ids": kept.class_ids.astype(np.int32),
+        }, tail_ms
+
+    def metrics(self) -> dict[str, Any]:
+        lat = sorted(self._tail_ms)
+        return {
+            "ts": round(time.time(), 3),
+            "split": {
+                "role": "tail",
+                "served": self.served,
+                "failed": self.failed,
+                "dropped": self.dropped,
+                "tail_ms_p50": round(lat[len(lat) // 2], 2) if lat else 0.0,
+                "cuts_loaded": len(self.model._parts),
+            },
+            "rss_mb": self.usage.rss_mb(),
+            "cpu_percent": self.usage.cpu_percent(),
+            "uptime_s": self.usage.uptime_s(),
+        }
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self.notifier.stopping()
+        self._stop.set()
+
+    def run_forever(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        self.publisher.route(f"{self.topics.base}/{REQUEST}", self._on_request, qos=0)
+        self.publisher.start()
+        self._worker.start()
+        log.info(
+            "tail for %s %s ready on %s/%s",
+            self.card.name,
+            self.card.version,
+            self.topics.base,
+            REQUEST,
+        )
+        self.notifier.ready(f"tail for {self.card.name} {self.card.version}")
+        interval = self.config.publish.metrics_interval_s
+        next_metrics = time.monotonic() + interval
+        next_ping = 0.0
+        while not self._stop.wait(0.2):
+            if self.publisher.fatal:
+                self.stop()
+                return 78
+            now = time.monotonic()
+            ping = self.notifier.watchdog_interval
+            if ping is not None and now >= next_ping and self._worker.is_alive():
+                next_ping = now + ping
+                self.notifier.watchdog()
+            if now >= next_metrics:
+                next_metrics = now + interval
+                self.publisher.publish(
+                    self.topics.metrics, json.dumps(self.metrics()).encode(), qos=0
+                )
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.publisher.close("stopped", timeout=2.0)
+        self.notifier.close()
+        log.info("tail stopped after %d requests (%d refused)", self.served, self.failed)
