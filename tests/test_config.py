@@ -151,3 +151,12 @@ def test_example_config_in_the_repository_is_valid(assets: Path) -> None:
     config = load_config(example)
     assert config.model.path == example.parent / "models" / "person-yolov8s.onnx"
     assert config.source.uri == str(example.parent / "models" / "media" / "bikes.mp4")
+
+
+def test_split_head_without_a_peer_is_refused_with_the_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("device_id: cam-1\nsplit:\n  role: head\n  at: c42\n", "head.yaml")
+    assert "head.yaml:2: split: " in str(err.value)
+    assert "split.peer" in str(err.value)
+    with pytest.raises(ConfigError, match="split.codec"):
+        parse_config("split:\n  role: tail\n  codec: jpeg\n", "tail.yaml")

@@ -67,7 +67,7 @@ class SplitModel:
             import onnx
         except ImportError as exc:
             raise SplitError(
-                "split inference needs the onnx package: pip install 'edge-agent[compress]'"
+                "split inference needs the onnx package: pip install 'edge-agent[split]'"
             ) from exc
         from agent.split.partition import partition
 
