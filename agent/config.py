@@ -229,6 +229,12 @@ class SplitConfig(Section):
     max_tensors: int = Field(
         4, ge=1, description="auto: consider cuts carrying at most this many tensors"
     )
+    probe_s: float = Field(
+        30,
+        gt=0,
+        description="auto: while the plan runs all here, send a frame to the peer this "
+        "often to measure the link again",
+    )
     max_misses: int = Field(
         3, ge=1, description="deadlines missed in a row before the peer counts as unresponsive"
     )

@@ -96,6 +96,8 @@ class SplitHead:
         self._planning = False
         self.cut: str | None = None if config.at == "auto" else config.at
         self._planned: tuple[float, float] | None = None  # bandwidth, speedup of the plan
+        self._probe_cut: str | None = None  # the best cut that uses the peer
+        self._next_probe = 0.0
 
     # --- MQTT (paho's thread: record and return) ---
 
@@ -164,7 +166,7 @@ class SplitHead:
         of decoding here."""
         t0 = time.perf_counter()
         model = self._split_model(detector)
-        cut = self.cut
+        cut = self._probe() if model is not None else self.cut
         if (
             model is None
             or cut is None
@@ -190,6 +192,22 @@ class SplitHead:
         self.counters.remote += 1
         self.mode = "remote"
         return detections, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+
+    def _probe(self) -> str | None:
+        """The planned cut; but while the plan keeps everything here, one frame every
+        ``probe_s`` goes to the peer anyway, so a link or peer that got better is noticed."""
+        assert self._model is not None
+        cut = self.cut
+        if (
+            cut is not None
+            and self._probe_cut is not None
+            and self._model.cuts[cut].kind == "local"
+            and self.peer_usable()
+            and time.monotonic() >= self._next_probe
+        ):
+            self._next_probe = time.monotonic() + self.config.probe_s
+            return self._probe_cut
+        return cut
 
     def _whole(
         self,
@@ -297,7 +315,13 @@ class SplitHead:
         from agent.split.profile import profile_model
 
         try:
-            profile = profile_model(model.path, runs=2, threads=self._threads)
+            profile = profile_model(
+                model.path,
+                runs=2,
+                threads=self._threads,
+                methods=(self.config.codec,),
+                max_tensors=self.config.max_tensors,
+            )
         except EdgeAgentError as exc:
             log.error("split: profiling %s failed, running it whole here: %s", model.path, exc)
             return
@@ -314,17 +338,23 @@ class SplitHead:
         return self._profile.tail_ms(cut)
 
     def _replan(self, bandwidth: float, speedup: float, first: bool = False) -> None:
-        from agent.split.plan import best, predict
+        from agent.split.plan import best, keep_or_switch, predict
 
         assert self._profile is not None
         rows = predict(
             self._profile,
-            bandwidth_mbps=bandwidth,
-            rtt_ms=self.link.rtt_ms,
-            peer_speedup=speedup,
+            bandwidth,
+            self.link.rtt_ms,
+            speedup,
+            self.config.codec,
             max_tensors=self.config.max_tensors,
         )
-        pick = best(rows)
+        if first or self.cut is None:
+            pick = best(rows)
+        else:  # a cut close enough to the best stays: noise must not make the cut flap
+            pick = keep_or_switch(rows, self.cut, self.config.replan_margin)
+        remote = [r for r in rows if r.kind != "local"]
+        self._probe_cut = best(remote).cut if remote else None
         self._planned = (bandwidth, speedup)
         if pick.cut != self.cut:
             log.info(

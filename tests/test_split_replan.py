@@ -1,0 +1,147 @@
+"""The head re-plans its cut from what it measures: a tail agent and a head over a real
+mosquitto, a small real convolutional model, and a token-bucket link far slower than the plan
+assumed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from agent.config import Config, SplitConfig
+from agent.detection import Detector, DetectorSettings
+from agent.localbroker import LocalBroker
+from agent.publish import MqttPublisher
+from agent.split.head import SplitHead
+from agent.split.tail import TailAgent
+
+onnx = pytest.importorskip("onnx")
+
+
+def conv_yolo(path: Path, size: int = 96) -> Path:
+    """Eight convolutions to a YOLOv8-shaped output [1, 6, N]: real layers to cut between, heavy
+    enough (~0.5 G multiply-adds) that a peer 50x faster is worth a fast link."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.05).astype(np.float32), name)
+
+    n = (size // 2) ** 2
+    nodes = [
+        helper.make_node(
+            "Conv", ["images", "w0"], ["c0"], "conv0", strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Relu", ["c0"], ["r0"], "relu0"),
+    ]
+    inits = [weight("w0", (64, 3, 3, 3))]
+    for i in range(1, 7):
+        nodes += [
+            helper.make_node("Conv", [f"r{i - 1}", f"w{i}"], [f"c{i}"], f"conv{i}", pads=[1] * 4),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"], f"relu{i}"),
+        ]
+        inits.append(weight(f"w{i}", (64, 64, 3, 3)))
+    nodes += [
+        helper.make_node("Conv", ["r6", "wh"], ["ch"], "head"),
+        helper.make_node("Reshape", ["ch", "shape"], ["output0"], "reshape"),
+    ]
+    inits += [
+        weight("wh", (6, 64, 1, 1)),
+        numpy_helper.from_array(np.array([1, 6, n], np.int64), "shape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_yolo",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 6, n])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    card = {
+        "name": "conv-yolo",
+        "version": "1",
+        "format": "onnx",
+        "family": "yolo",
+        "input": {"width": size, "height": size, "layout": "NCHW"},
+        "labels": ["a", "b"],
+    }
+    path.with_suffix(".card.yaml").write_text(yaml.safe_dump(card))
+    return path
+
+
+@pytest.fixture
+def tail(broker: LocalBroker, tmp_path: Path) -> Iterator[TailAgent]:
+    model = conv_yolo(tmp_path / "conv.onnx")
+    config = Config.model_validate(
+        {
+            "device_id": "gw-replan",
+            "model": {"path": model, "threads": 1},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "split": {"role": "tail"},
+        }
+    )
+    agent = TailAgent(config)
+    thread = threading.Thread(target=agent.run_forever, daemon=True)
+    thread.start()
+    yield agent
+    agent.request_stop()
+    thread.join(10)
+
+
+def test_a_slow_link_moves_the_cut_home_and_probes_keep_measuring(
+    broker: LocalBroker, tail: TailAgent
+) -> None:
+    mqtt = Config.model_validate({"mqtt": {"host": "127.0.0.1", "port": broker.port}}).mqtt
+    publisher = MqttPublisher(mqtt, "cam-replan")
+    split = SplitConfig(
+        role="head",
+        peer="gw-replan",
+        at="auto",
+        codec="raw",
+        bandwidth_mbps=1000,  # the plan assumes a fast link and a much faster peer...
+        peer_speedup=50,
+        rtt_ms=0,
+        link_mbps=2,  # ...the link is 2 Mbit/s
+        deadline_ms=5000,
+        probe_s=0.2,
+    )
+    head = SplitHead(split, publisher, threads=1)
+    head.attach()
+    publisher.start()
+    detector = Detector.load(tail.model.path, threads=1)
+    frame = np.random.default_rng(1).integers(0, 255, (96, 96, 3), np.uint8)
+    try:
+        deadline = time.monotonic() + 60
+        first_cut: str | None = None
+        while time.monotonic() < deadline:
+            tensor, transform = detector.preprocess(frame)
+            head.run(detector, tensor, transform, DetectorSettings())
+            if first_cut is None and head.cut is not None and head.counters.remote:
+                first_cut = head.cut
+            if head.counters.replans and head.cut == "output":
+                break
+            time.sleep(0.01)
+        assert first_cut is not None and first_cut != "output", "the first plan used the peer"
+        assert head.cut == "output", head.metrics()
+        measured = head.link.bandwidth.value
+        assert measured is not None and measured < 20, measured  # far from the assumed 1000
+        # All local now, but a frame goes to the peer every probe_s to measure the link again.
+        remote = head.counters.remote
+        until = time.monotonic() + 30
+        while head.counters.remote == remote and time.monotonic() < until:
+            tensor, transform = detector.preprocess(frame)
+            head.run(detector, tensor, transform, DetectorSettings())
+            time.sleep(0.05)
+        assert head.counters.remote > remote
+        assert head.metrics()["peer_state"] == "online"
+    finally:
+        detector.close()
+        publisher.close()
