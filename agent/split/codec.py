@@ -31,8 +31,8 @@ __all__ = ["MAGIC", "METHODS", "VERSION", "Method", "decode", "encode", "quantiz
 
 MAGIC = b"EASP"  # Edge-Agent Split Payload
 VERSION = 1
-METHODS = ("int8", "fp16", "raw")
 Method = Literal["int8", "fp16", "raw"]
+METHODS: tuple[Method, ...] = ("int8", "fp16", "raw")
 
 _PREFIX = struct.Struct("<4sBI")
 _DTYPES = {
@@ -123,7 +123,7 @@ def encode(
 
 def _field(entry: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = entry.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise SplitError(f"split payload: tensor field {key!r} is missing or malformed")
     return value
 

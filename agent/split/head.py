@@ -139,7 +139,7 @@ class SplitHead:
             and time.monotonic() >= self._unusable_until
         )
 
-    def _split_model(self, detector: Detector) -> SplitModel | None:
+    def _split_model(self, detector: Detector, tensor: np.ndarray) -> SplitModel | None:
         path = str(detector.runtime.path)
         if path != self._model_path:  # first frame, or a model update swapped the detector
             self._model_path, self._model, self._profile = path, None, None
@@ -152,7 +152,7 @@ class SplitHead:
                 log.error("split inference off for %s, running it whole here: %s", path, exc)
                 self._model = None
             if self._model is not None and self.config.at == "auto":
-                self._start_planning(self._model)
+                self._start_planning(self._model, tensor.copy())
         return self._model
 
     def run(
@@ -165,7 +165,7 @@ class SplitHead:
         """Detections of one frame and the milliseconds of inference (head, link and tail) and
         of decoding here."""
         t0 = time.perf_counter()
-        model = self._split_model(detector)
+        model = self._split_model(detector, tensor)
         cut = self._probe() if model is not None else self.cut
         if (
             model is None
@@ -305,13 +305,16 @@ class SplitHead:
 
     # --- planning ---
 
-    def _start_planning(self, model: SplitModel) -> None:
+    def _start_planning(self, model: SplitModel, sample: np.ndarray) -> None:
         if self._planning:
             return
         self._planning = True
-        threading.Thread(target=self._plan, args=(model,), name="split-plan", daemon=True).start()
+        threading.Thread(
+            target=self._plan, args=(model, sample), name="split-plan", daemon=True
+        ).start()
 
-    def _plan(self, model: SplitModel) -> None:
+    def _plan(self, model: SplitModel, sample: np.ndarray) -> None:
+        """Profile every cut on this device, on a real frame (coded sizes depend on content)."""
         from agent.split.profile import profile_model
 
         try:
@@ -320,7 +323,9 @@ class SplitHead:
                 runs=2,
                 threads=self._threads,
                 methods=(self.config.codec,),
+                sample=sample,
                 max_tensors=self.config.max_tensors,
+                graph=model.graph,
             )
         except EdgeAgentError as exc:
             log.error("split: profiling %s failed, running it whole here: %s", model.path, exc)
@@ -335,7 +340,10 @@ class SplitHead:
     def _local_tail_ms(self, cut: str) -> float | None:
         if self._profile is None:
             return None
-        return self._profile.tail_ms(cut)
+        try:
+            return self._profile.tail_ms(cut)
+        except SplitError:  # a fixed cut the profile left out (max_tensors)
+            return None
 
     def _replan(self, bandwidth: float, speedup: float, first: bool = False) -> None:
         from agent.split.plan import best, keep_or_switch, predict

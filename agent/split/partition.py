@@ -163,25 +163,19 @@ def _node_inputs(node: onnx.NodeProto) -> list[str]:
     return names + sorted(_subgraph_inputs(node) - set(names))
 
 
-def _topological(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
-    """``nodes`` in an order where each comes after its producers; the given order when it is
-    already one (so cut ids stay those of the file), else Kahn's order, stable by position."""
+def _topological(nodes: Sequence[onnx.NodeProto]) -> list[int]:
+    """Positions of ``nodes`` in an order where each comes after its producers: the given order
+    when it is already one (so cut ids stay those of the file), else Kahn's, stable by position."""
+    import heapq
+
     produced: dict[str, int] = {}
     for i, node in enumerate(nodes):
         for name in node.output:
             if name:
                 produced[name] = i
-    ok = all(
-        produced.get(name, -1) < i for i, node in enumerate(nodes) for name in _node_inputs(node)
-    )
-    if ok:
-        return list(nodes)
-    import heapq
-
-    deps = [
-        {produced[n] for n in _node_inputs(node) if n in produced and n not in available}
-        for node in nodes
-    ]
+    deps = [{produced[n] for n in _node_inputs(node) if n in produced} for node in nodes]
+    if all(j < i for i, d in enumerate(deps) for j in d):
+        return list(range(len(nodes)))
     users: dict[int, list[int]] = {}
     for i, d in enumerate(deps):
         for j in d:
@@ -199,7 +193,7 @@ def _topological(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[o
                 heapq.heappush(ready, j)
     if len(order) != len(nodes):
         raise SplitError("the graph has a cycle; it cannot be cut")
-    return [nodes[i] for i in order]
+    return order
 
 
 def _fix_batch(model: onnx.ModelProto, inputs: Iterable[str]) -> None:
@@ -222,9 +216,7 @@ def _value_types(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...] | No
         shape: tuple[int, ...] | None = None
         if tt.HasField("shape"):
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
-            if all(d > 0 for d in dims):
-                shape = tuple(dims)
-            elif all(d >= 0 for d in dims):  # a zero-size dim is static but odd; keep it
+            if all(d >= 0 for d in dims):  # unknown dims are -1
                 shape = tuple(dims)
         types[vi.name] = (shape, dtype)
     return types
@@ -244,10 +236,10 @@ def partition(model: onnx.ModelProto | str | Path) -> PartitionedGraph:
     if not inputs:
         raise SplitError("the model has no inputs: nothing flows through it to cut")
     _fix_batch(prepared, inputs)
-    ordered = _topological(list(g.node), set(inputs) | initializers)
-    if [id(n) for n in ordered] != [id(n) for n in g.node]:
+    order = _topological(g.node)
+    if order != list(range(len(order))):
         # Shape inference and onnx's Extractor both read nodes in graph order.
-        copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+        copies = [onnx.NodeProto.FromString(g.node[i].SerializeToString()) for i in order]
         del g.node[:]
         g.node.extend(copies)
     try:
@@ -282,7 +274,7 @@ def partition(model: onnx.ModelProto | str | Path) -> PartitionedGraph:
 
     # Tensor t crosses cut K (head = nodes[:K]) when produced before K and used at or after K.
     by_start: dict[int, list[str]] = {}
-    for name, use in last_use.items():
+    for name in last_use:
         by_start.setdefault(produced_at[name][0] + 1, []).append(name)
     crossing: set[str] = set()
     cuts: list[Cut] = []
@@ -417,6 +409,8 @@ def write_split(
     except OSError as exc:
         raise SplitError(f"{out}: cannot write the parts: {exc}") from exc
     card_file = Path(card) if card else card_path_for(model_path)
+    if card and not card_file.is_file():
+        raise SplitError(f"{card_file}: no such model card")
     model_card = load_card(card_file) if card_file.is_file() else None
     tensors = [t.to_dict() for t in chosen.tensors]
     info: dict[str, Any] = {

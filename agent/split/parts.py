@@ -79,10 +79,10 @@ class SplitModel:
             proto = onnx.load(str(self.path))
         except Exception as exc:
             raise SplitError(f"{self.path}: onnx cannot read it: {exc}") from exc
-        self._graph = partition(proto)
-        self.cuts: dict[str, Cut] = {c.id: c for c in self._graph.cuts}
-        self.input_names = list(self._graph.inputs)
-        self.output_names = list(self._graph.outputs)
+        self.graph = partition(proto)
+        self.cuts: dict[str, Cut] = {c.id: c for c in self.graph.cuts}
+        self.input_names = list(self.graph.inputs)
+        self.output_names = list(self.graph.outputs)
         self._threads = threads
         self._providers = providers
         self._keep = keep
@@ -109,10 +109,10 @@ class SplitModel:
 
         pair: tuple[Part | None, Part]
         if cut.kind == "remote":
-            whole = self._graph.model.SerializeToString()
+            whole = self.graph.model.SerializeToString()
             pair = (None, Part(whole, self._threads, self._providers))
         else:  # split_model refuses the "output" cut: nothing runs remotely there
-            head, tail = split_model(self._graph, cut_id)
+            head, tail = split_model(self.graph, cut_id)
             pair = (
                 Part(head.SerializeToString(), self._threads, self._providers),
                 Part(tail.SerializeToString(), self._threads, self._providers),

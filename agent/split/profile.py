@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-import agent  # sets ORT_DISABLE_TELEMETRY before onnxruntime is imported
+import agent  # noqa: F401  (sets ORT_DISABLE_TELEMETRY before onnxruntime is imported)
 from agent.errors import SplitError
 from agent.split.codec import METHODS, Method, encode
 from agent.split.partition import PartitionedGraph, partition
@@ -184,7 +184,9 @@ def sample_input(model_path: str | Path, graph: PartitionedGraph | None = None) 
     graph = graph or partition(model_path)
     first = graph.cuts[0].tensors[0]
     card_file = card_path_for(model_path)
-    video = Path(agent.__file__).resolve().parent.parent / "models" / "media" / "bikes.mp4"
+    from agent.config import DEFAULT_VIDEO
+
+    video = DEFAULT_VIDEO
     if card_file.is_file() and video.is_file():
         import cv2
 
@@ -224,6 +226,8 @@ def profile_model(
     if len(graph.inputs) != 1:
         raise SplitError(f"{model_path}: profiling takes models with one input")
     runs = max(runs, 1)
+    if not methods:
+        raise SplitError("profile_model needs at least one codec in methods")
 
     # 1. The whole model as the agent runs it: the latency to match.
     fast = ort_session(str(model_path), threads)
