@@ -158,5 +158,5 @@ def test_split_head_without_a_peer_is_refused_with_the_line() -> None:
         parse_config("device_id: cam-1\nsplit:\n  role: head\n  at: c42\n", "head.yaml")
     assert "head.yaml:2: split: " in str(err.value)
     assert "split.peer" in str(err.value)
-    with pytest.raises(ConfigError, match="split.codec"):
+    with pytest.raises(ConfigError, match=r"split\.codec"):
         parse_config("split:\n  role: tail\n  codec: jpeg\n", "tail.yaml")
