@@ -1,6 +1,6 @@
-"""The head re-plans its cut from what it measures: a tail agent and a head over a real
-mosquitto, a small real convolutional model, and a token-bucket link far slower than the plan
-assumed."""
+"""A split head and a tail agent in one process over a real mosquitto, with a small real
+convolutional model: the head re-plans its cut from what it measures (a token-bucket link far
+slower than the plan assumed), and bad or mismatched requests are refused without harm."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from agent.config import Config, SplitConfig
-from agent.detection import Detector, DetectorSettings
+from agent.detection import Detection, Detector, DetectorSettings
 from agent.localbroker import LocalBroker
 from agent.publish import MqttPublisher
 from agent.split.head import SplitHead
@@ -23,12 +23,12 @@ from agent.split.tail import TailAgent
 onnx = pytest.importorskip("onnx")
 
 
-def conv_yolo(path: Path, size: int = 96) -> Path:
+def conv_yolo(path: Path, size: int = 96, seed: int = 0) -> Path:
     """Eight convolutions to a YOLOv8-shaped output [1, 6, N]: real layers to cut between, heavy
     enough (~0.5 G multiply-adds) that a peer 50x faster is worth a fast link."""
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
 
     def weight(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
         return numpy_helper.from_array((rng.standard_normal(shape) * 0.05).astype(np.float32), name)
@@ -48,11 +48,13 @@ def conv_yolo(path: Path, size: int = 96) -> Path:
         ]
         inits.append(weight(f"w{i}", (64, 64, 3, 3)))
     nodes += [
-        helper.make_node("Conv", ["r6", "wh"], ["ch"], "head"),
+        helper.make_node("Conv", ["r6", "wh", "bh"], ["ch"], "head"),
         helper.make_node("Reshape", ["ch", "shape"], ["output0"], "reshape"),
     ]
     inits += [
         weight("wh", (6, 64, 1, 1)),
+        # Boxes around the middle, class a just above the 0.25 threshold: one detection.
+        numpy_helper.from_array(np.array([48, 48, 24, 24, 0.26, 0.1], np.float32), "bh"),
         numpy_helper.from_array(np.array([1, 6, n], np.int64), "shape"),
     ]
     graph = helper.make_graph(
@@ -72,6 +74,7 @@ def conv_yolo(path: Path, size: int = 96) -> Path:
         "family": "yolo",
         "input": {"width": size, "height": size, "layout": "NCHW"},
         "labels": ["a", "b"],
+        "thresholds": {"score": 0.25, "iou": 0.45},
     }
     path.with_suffix(".card.yaml").write_text(yaml.safe_dump(card))
     return path
@@ -96,11 +99,15 @@ def tail(broker: LocalBroker, tmp_path: Path) -> Iterator[TailAgent]:
     thread.join(10)
 
 
+def head_publisher(broker: LocalBroker) -> MqttPublisher:
+    mqtt = Config.model_validate({"mqtt": {"host": "127.0.0.1", "port": broker.port}}).mqtt
+    return MqttPublisher(mqtt, "cam-replan")
+
+
 def test_a_slow_link_moves_the_cut_home_and_probes_keep_measuring(
     broker: LocalBroker, tail: TailAgent
 ) -> None:
-    mqtt = Config.model_validate({"mqtt": {"host": "127.0.0.1", "port": broker.port}}).mqtt
-    publisher = MqttPublisher(mqtt, "cam-replan")
+    publisher = head_publisher(broker)
     split = SplitConfig(
         role="head",
         peer="gw-replan",
@@ -142,6 +149,83 @@ def test_a_slow_link_moves_the_cut_home_and_probes_keep_measuring(
             time.sleep(0.05)
         assert head.counters.remote > remote
         assert head.metrics()["peer_state"] == "online"
+    finally:
+        detector.close()
+        publisher.close()
+
+
+def assert_same(split: list[Detection], local: list[Detection]) -> None:
+    assert [d.label for d in split] == [d.label for d in local]
+    for a, b in zip(split, local, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+        assert a.box == pytest.approx(b.box, abs=1e-5)
+
+
+def wait_online(head: SplitHead) -> None:
+    until = time.monotonic() + 20
+    while not head.peer_usable() and time.monotonic() < until:
+        time.sleep(0.05)
+    assert head.peer_usable(), head.metrics()
+
+
+def test_garbage_requests_are_dropped_and_the_tail_keeps_serving(
+    broker: LocalBroker, tail: TailAgent
+) -> None:
+    publisher = head_publisher(broker)
+    head = SplitHead(
+        SplitConfig(role="head", peer="gw-replan", at="c4", codec="raw", deadline_ms=5000),
+        publisher,
+    )
+    head.attach()
+    publisher.start()
+    detector = Detector.load(tail.model.path, threads=1)
+    frame = np.random.default_rng(2).integers(0, 255, (96, 96, 3), np.uint8)
+    try:
+        wait_online(head)
+        for junk in (b"", b"EASP", b"not a payload at all", b"EASP\x01\xff\xff\xff\xff{"):
+            publisher.publish(head.request_topic, junk, qos=1).wait_for_publish(5)
+        tensor, transform = detector.preprocess(frame)
+        split, _, _ = head.run(detector, tensor, transform, DetectorSettings())
+        local, _ = detector.detect(frame)
+        assert head.counters.remote == 1 and head.counters.local == 0, head.metrics()
+        assert local
+        assert_same(split, local)
+        assert tail.failed >= 4 and tail.served == 1
+    finally:
+        detector.close()
+        publisher.close()
+
+
+def test_a_tail_with_another_model_refuses_and_the_head_runs_the_frame_itself(
+    broker: LocalBroker, tail: TailAgent, tmp_path: Path
+) -> None:
+    # Same layers, other weights: the digest differs, so the tail must refuse to finish it.
+    (tmp_path / "other").mkdir()
+    other = conv_yolo(tmp_path / "other" / "conv.onnx", seed=1)
+    publisher = head_publisher(broker)
+    head = SplitHead(
+        SplitConfig(
+            role="head", peer="gw-replan", at="c4", codec="raw", deadline_ms=5000, retry_s=60
+        ),
+        publisher,
+    )
+    head.attach()
+    publisher.start()
+    detector = Detector.load(other, threads=1)
+    frame = np.random.default_rng(3).integers(0, 255, (96, 96, 3), np.uint8)
+    try:
+        wait_online(head)
+        tensor, transform = detector.preprocess(frame)
+        split, _, _ = head.run(detector, tensor, transform, DetectorSettings())
+        local, _ = detector.detect(frame)
+        assert local
+        assert_same(split, local)
+        assert head.counters.refused == 1 and head.counters.local == 1
+        assert "model mismatch" in str(head.metrics()["last_problem"])
+        # Set aside for retry_s: the next frame does not even ask.
+        head.run(detector, tensor, transform, DetectorSettings())
+        assert head.counters.refused == 1 and head.counters.local == 2
+        assert tail.failed == 1
     finally:
         detector.close()
         publisher.close()
