@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema = cfg_sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_config_schema)
 
-    model = sub.add_parser("model", help="inspect models")
+    model = sub.add_parser("model", help="inspect, compress, evaluate and split models")
     model_sub = model.add_subparsers(dest="model_command", required=True)
     info = model_sub.add_parser("info", help="inputs, outputs, card and digest of a model")
     info.add_argument("model")

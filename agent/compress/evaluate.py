@@ -242,7 +242,12 @@ def _report(
     m50: float | None = None
     m5095: float | None = None
     if truths is not None:
-        m50, m5095 = coco_map(run.predictions, truths)
+        predictions = run.predictions
+        if not any(truths):
+            # Nothing to find: agreement means reporting nothing at the card's threshold (the
+            # low-score candidates kept for ranking would otherwise all count as false).
+            predictions = [_above(p, run.card_score) for p in predictions]
+        m50, m5095 = coco_map(predictions, truths)
     path = Path(candidate.path)
     return EvalReport(
         name=candidate.name or path.stem,
