@@ -1,0 +1,121 @@
+"""A tiny YOLO-like detector with real convolutions, for the compression tests: two scales whose
+box and class outputs are joined as Ultralytics exports do, then boxes in input pixels and sigmoid
+scores joined in one output ``[1, 4+nc, N]``, so its final Concat mixes ranges as YOLOv8's does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+SIZE = 64
+N = 32 * 32 + 16 * 16  # places: two scales, strides 2 and 4
+LABELS = ["person", "car"]
+
+
+def tiny_yolo(directory: Path, name: str = "tiny", seed: int = 0) -> Path:
+    """Write ``NAME.onnx`` and ``NAME.card.yaml``; deterministic for a seed."""
+    from onnx import TensorProto, checker, helper, numpy_helper, save
+
+    rng = np.random.default_rng(seed)
+    nc = len(LABELS)
+
+    def conv_w(cout: int, cin: int, k: int) -> np.ndarray:
+        return (rng.standard_normal((cout, cin, k, k)) * (1.0 / np.sqrt(cin * k * k))).astype(
+            np.float32
+        )
+
+    inits = {
+        "w0": conv_w(16, 3, 3),
+        "b0": np.zeros(16, np.float32),
+        "w1": conv_w(16, 16, 3),
+        "b1": np.zeros(16, np.float32),
+        "box0": conv_w(4, 16, 1),
+        "cls0": conv_w(nc, 16, 1) * 6,
+        "box1": conv_w(4, 16, 1),
+        "cls1": conv_w(nc, 16, 1) * 6,
+        "clsb": np.full(nc, 0.8, np.float32),
+        "n0": np.array([1, 4 + nc, -1], np.int64),
+        "split": np.array([4, nc], np.int64),
+        "pixels": np.array(float(SIZE), np.float32),
+        # As in a real detector, most places are background: their scores are scaled down.
+        "objectness": np.where(np.arange(N) % 37 == 0, 1.0, 0.05)
+        .astype(np.float32)
+        .reshape(1, 1, N),
+    }
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["images", "w0", "b0"], ["c0"], name="stem", pads=[1] * 4, strides=[2, 2]),
+        n("Relu", ["c0"], ["r0"], name="stem_act"),
+        n("Conv", ["r0", "w1", "b1"], ["c1"], name="body", pads=[1] * 4),
+        n("Relu", ["c1"], ["f0"], name="body_act"),  # scale 0: 32x32
+        n("MaxPool", ["f0"], ["f1"], name="down", kernel_shape=[2, 2], strides=[2, 2]),  # 16x16
+    ]
+    joined = []
+    for s, feat in enumerate(["f0", "f1"]):
+        nodes += [
+            n("Conv", [feat, f"box{s}"], [f"bx{s}"], name=f"head{s}_box"),
+            n("Conv", [feat, f"cls{s}", "clsb"], [f"k{s}"], name=f"head{s}_cls"),
+            n("Concat", [f"bx{s}", f"k{s}"], [f"o{s}"], name=f"head{s}_join", axis=1),
+            n("Reshape", [f"o{s}", "n0"], [f"flat{s}"], name=f"head{s}_flat"),
+        ]
+        joined.append(f"flat{s}")
+    nodes += [
+        n("Concat", joined, ["all"], name="join_scales", axis=2),
+        n("Split", ["all", "split"], ["raw_box", "raw_cls"], name="split", axis=1),
+        n("Sigmoid", ["raw_box"], ["unit_box"], name="box_sigmoid"),
+        n("Mul", ["unit_box", "pixels"], ["box"], name="box_pixels"),
+        n("Sigmoid", ["raw_cls"], ["class_prob"], name="class_prob"),
+        n("Mul", ["class_prob", "objectness"], ["scores"], name="scores"),
+        n("Concat", ["box", "scores"], ["output0"], name="output_join", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + nc, N])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    checker.check_model(model, full_check=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.onnx"
+    save(model, str(path))
+    card = {
+        "name": name,
+        "version": "1.0.0",
+        "format": "onnx",
+        "family": "yolo",
+        "yolo_version": "v8",
+        "yolo_boxes": "pixels",
+        "input": {"width": SIZE, "height": SIZE, "layout": "NCHW", "pad_value": 114},
+        "labels": LABELS,
+        "thresholds": {"score": 0.5, "iou": 0.45},
+    }
+    (directory / f"{name}.card.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    return path
+
+
+def image_folder(directory: Path, count: int = 8, seed: int = 1) -> Path:
+    """``count`` smooth random pictures (blurred noise with shapes), as PNG files."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        img = rng.integers(0, 255, (48, 80, 3), np.uint8)
+        img = cv2.GaussianBlur(img, (0, 0), 3)
+        x, y = int(rng.integers(5, 50)), int(rng.integers(5, 25))
+        cv2.rectangle(
+            img, (x, y), (x + 20, y + 15), tuple(int(v) for v in rng.integers(0, 255, 3)), -1
+        )
+        cv2.imwrite(str(directory / f"img{i:02d}.png"), img)
+    return directory
+
+
+def run(model: Path, image: np.ndarray) -> np.ndarray:
+    """The model's raw output on a preprocessed input."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"images": image})[0])
