@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from agent.compress.derived import write_derived_card
 from agent.compress.evaluate import Candidate, EvalReport, compare
 from agent.compress.frames import Frame
 from agent.compress.graph import WEIGHTED_OPS
-from agent.detection.card import ModelCard, card_path_for
-from agent.detection.detector import file_sha256
+from agent.detection.card import card_path_for
 from agent.errors import CompressError
 
 
@@ -200,23 +199,6 @@ def _check_level(level: float, what: str) -> None:
 # ------------------------------------------------------------------------------ operations
 
 
-def _card_for(src: ModelCard, model: Path, out: Path, note: str) -> Path:
-    data = src.model_dump(mode="json", exclude_none=True)
-    data.update(
-        format="onnx",
-        sha256=file_sha256(out),
-        notes=f"{note} of {model.name} (sha256 {file_sha256(model)[:16]}...)."
-        + (f" Original's notes: {src.notes}" if src.notes else ""),
-    )
-    data.pop("assumed", None)
-    path = card_path_for(out)
-    path.write_text(
-        "# Written by `edge-agent model prune`.\n" + yaml.safe_dump(data, sort_keys=False),
-        encoding="utf-8",
-    )
-    return path
-
-
 def prune(
     model: str | Path,
     out: str | Path,
@@ -249,7 +231,7 @@ def prune(
     weights.write(arrays, out)
     return PruneResult(
         out,
-        _card_for(src, model, out, f"Pruned ({rule})"),
+        write_derived_card(src, model, out, f"Pruned ({rule})", "prune"),
         weights.sparsity(arrays),
         weights.skipped,
         rule,
@@ -369,7 +351,7 @@ def sensitivity_prune(
     )
     return PruneResult(
         out,
-        _card_for(src, model, out, f"Pruned ({rule})"),
+        write_derived_card(src, model, out, f"Pruned ({rule})", "prune"),
         weights.sparsity(arrays),
         weights.skipped,
         rule,

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 
+from agent.compress.derived import write_derived_card
 from agent.compress.frames import Frame, sample_frames
 from agent.compress.sensitive import KeptNode, find_sensitive
-from agent.detection.card import ModelCard, card_path_for, resolve_card
-from agent.detection.detector import file_sha256
+from agent.detection.card import ModelCard, resolve_card
 from agent.detection.preprocess import Preprocessor
 from agent.errors import CompressError, EdgeAgentError
 
@@ -227,17 +226,4 @@ def write_card(
         else "INT8 dynamic (weights quantized, activations at run time)"
     )
     kept_note = f"; {len(kept)} node(s) kept in float" if kept else "; whole graph quantized"
-    data = src.model_dump(mode="json", exclude_none=True)
-    data.update(
-        format="onnx",
-        sha256=file_sha256(out),
-        notes=f"{how} of {model.name} (sha256 {file_sha256(model)[:16]}...){kept_note}."
-        + (f" Float model's notes: {src.notes}" if src.notes else ""),
-    )
-    data.pop("assumed", None)
-    path = card_path_for(out)
-    path.write_text(
-        "# Written by `edge-agent model quantize`.\n" + yaml.safe_dump(data, sort_keys=False),
-        encoding="utf-8",
-    )
-    return path
+    return write_derived_card(src, model, out, f"{how}{kept_note}", "quantize")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from agent.detection.detector import file_sha256
 from agent.errors import SplitError
 
 if TYPE_CHECKING:
@@ -375,16 +376,6 @@ def split_model(
     return head, tail
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_split(
     model_path: str | Path, cut: str, out_dir: str | Path, *, card: str | Path | None = None
 ) -> dict[str, Any]:
@@ -414,11 +405,11 @@ def write_split(
     model_card = load_card(card_file) if card_file.is_file() else None
     tensors = [t.to_dict() for t in chosen.tensors]
     info: dict[str, Any] = {
-        "model": {"file": model_path.name, "sha256": _sha256(model_path)},
+        "model": {"file": model_path.name, "sha256": file_sha256(model_path)},
         "cut": chosen.to_dict(),
         "head": {
             "file": "head.onnx",
-            "sha256": _sha256(out / "head.onnx"),
+            "sha256": file_sha256(out / "head.onnx"),
             "inputs": [_io(vi) for vi in head.graph.input],
             "outputs": tensors,
             "nodes": len(head.graph.node),
@@ -426,7 +417,7 @@ def write_split(
         },
         "tail": {
             "file": "tail.onnx",
-            "sha256": _sha256(out / "tail.onnx"),
+            "sha256": file_sha256(out / "tail.onnx"),
             "inputs": tensors,
             "outputs": [_io(vi) for vi in tail.graph.output],
             "nodes": len(tail.graph.node),

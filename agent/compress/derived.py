@@ -1,0 +1,30 @@
+"""The model card of a model the toolchain derived from another (quantized, pruned): the
+original's input, labels, family and thresholds, the new file's digest, and how it was made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from agent.detection.card import ModelCard, card_path_for
+from agent.detection.detector import file_sha256
+
+
+def write_derived_card(src: ModelCard, model: Path, out: Path, how: str, tool: str) -> Path:
+    """Write ``<out>.card.yaml``: ``src`` with ``out``'s sha256 and a note that ``out`` is ``how``
+    of ``model``; ``tool`` is the command that wrote it. Returns the card's path."""
+    data = src.model_dump(mode="json", exclude_none=True)
+    data.update(
+        format="onnx",
+        sha256=file_sha256(out),
+        notes=f"{how} of {model.name} (sha256 {file_sha256(model)[:16]}...)."
+        + (f" Original's notes: {src.notes}" if src.notes else ""),
+    )
+    data.pop("assumed", None)
+    path = card_path_for(out)
+    path.write_text(
+        f"# Written by `edge-agent model {tool}`.\n" + yaml.safe_dump(data, sort_keys=False),
+        encoding="utf-8",
+    )
+    return path
