@@ -228,9 +228,10 @@ def test_missing_file_is_retried_until_it_appears(
     assert frame is not None and number(frame) == 0
     assert source.status.state == "connected"
     assert source.status.failures == 0
+    # The status callback runs on the source's thread and may follow the first frame.
+    assert wait_until(lambda: statuses[-1].state == "connected")
     states = [s.state for s in statuses]
     assert "retrying" in states
-    assert states[-1] == "connected"
     failures = [s.failures for s in statuses if s.state == "retrying"]
     assert failures == list(range(1, len(failures) + 1))
 
