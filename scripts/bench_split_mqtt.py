@@ -31,7 +31,7 @@ MODEL = ROOT / "models" / "person-yolov8s.onnx"
 def start(config: dict[str, Any], folder: Path, name: str) -> subprocess.Popen[bytes]:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    log = open(folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+    log = open(folder / f"{name}.log", "wb")
     return subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "-c", str(path)],
         stdout=log,
@@ -53,13 +53,12 @@ def main() -> int:
     parser.add_argument("--codec", default="int8")
     args = parser.parse_args()
 
-    from agent.localbroker import LocalBroker
-    from agent.split.plan import predict
-    from agent.split.profile import profile_model
-
     import cv2
 
     from agent.detection import Detector
+    from agent.localbroker import LocalBroker
+    from agent.split.plan import predict
+    from agent.split.profile import profile_model
 
     # Coded sizes depend on the picture: profile on the very frame the head will send.
     detector = Detector.load(MODEL, threads=2, warmup=False)
