@@ -213,17 +213,15 @@ class Pipeline:
                 t0 = time.perf_counter()
                 tensor, transform = detector.preprocess(item.frame.image)
                 times.preprocess = (time.perf_counter() - t0) * 1e3
-            t1 = time.perf_counter()
             self._infer_since = time.monotonic()
-            if self.offload is not None:
+            if self.offload is None:
+                detections, times.inference, times.decode = detector.run(
+                    tensor, transform, self.settings
+                )
+            else:
                 detections, times.inference, times.decode = self.offload.run(
                     detector, tensor, transform, self.settings
                 )
-            else:
-                outputs = detector.infer(tensor)
-                t2 = time.perf_counter()
-                detections = detector.postprocess(outputs, transform, self.settings)
-                times.inference, times.decode = (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3
             self._infer_since = None
         except Exception:
             self._infer_since = None

@@ -160,23 +160,28 @@ class Detector:
             if b[2] > b[0] and b[3] > b[1]
         ]
 
+    def run(
+        self,
+        tensor: np.ndarray,
+        transform: Transform,
+        settings: DetectorSettings | None = None,
+    ) -> tuple[list[Detection], float, float]:
+        """A preprocessed frame -> its detections, and the milliseconds of inference and of
+        decoding (decoder, label filter, NMS)."""
+        t0 = time.perf_counter()
+        outputs = self.infer(tensor)
+        t1 = time.perf_counter()
+        detections = self.postprocess(outputs, transform, settings)
+        return detections, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+
     def detect(
         self, frame_bgr: np.ndarray, settings: DetectorSettings | None = None
     ) -> tuple[list[Detection], StageTimes]:
-        times = StageTimes()
         t0 = time.perf_counter()
         tensor, transform = self.preprocess(frame_bgr)
-        t1 = time.perf_counter()
-        outputs = self.infer(tensor)
-        t2 = time.perf_counter()
-        detections = self.postprocess(outputs, transform, settings)
-        t3 = time.perf_counter()
-        times.preprocess, times.inference, times.decode = (
-            (t1 - t0) * 1e3,
-            (t2 - t1) * 1e3,
-            (t3 - t2) * 1e3,
-        )
-        return detections, times
+        preprocess_ms = (time.perf_counter() - t0) * 1e3
+        detections, inference_ms, decode_ms = self.run(tensor, transform, settings)
+        return detections, StageTimes(preprocess_ms, inference_ms, decode_ms)
 
     def close(self) -> None:
         self.runtime.close()

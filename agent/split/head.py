@@ -16,6 +16,7 @@ exchange, and re-planned when either moves by more than ``replan_margin``.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -31,7 +32,7 @@ from agent.detection.types import Candidates
 from agent.errors import EdgeAgentError, SplitError
 from agent.split.codec import decode, encode
 from agent.split.link import LinkEstimate, TokenBucket
-from agent.split.parts import SplitModel
+from agent.split.parts import Part, SplitModel
 from agent.split.tail import REQUEST
 
 if TYPE_CHECKING:
@@ -118,8 +119,6 @@ class SplitHead:
             pending.done.set()
 
     def _on_peer_status(self, topic: str, payload: bytes) -> None:
-        import json
-
         try:
             state = str(json.loads(payload)["state"])
         except (ValueError, KeyError, TypeError):
@@ -174,18 +173,23 @@ class SplitHead:
             or not self.peer_usable()
         ):
             return self._whole(detector, tensor, transform, settings, t0)
-        head, tail = model.parts(cut)
         feeds = {model.input_names[0]: tensor}
-        cut_tensors = feeds if head is None else head.run(feeds)
+        tail: Part | None = None
+        if model.cuts[cut].kind == "remote":  # the input itself is sent
+            cut_tensors = feeds
+        else:
+            head, tail = model.parts(cut)
+            cut_tensors = head.run(feeds)
         kept = self._exchange(model, cut, cut_tensors, detector, settings)
         if kept is None:  # the tail cannot help with this frame: finish it here
+            if tail is None:
+                return self._whole(detector, tensor, transform, settings, t0)
+            rest = tail.run(cut_tensors)
+            outputs = [rest[n] for n in model.output_names]
+            t1 = time.perf_counter()
+            detections = detector.postprocess(outputs, transform, settings)
             self.counters.local += 1
             self.mode = "local"
-            outputs = tail.run(cut_tensors)
-            t1 = time.perf_counter()
-            detections = detector.postprocess(
-                [outputs[n] for n in model.output_names], transform, settings
-            )
             return detections, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
         detections = detector.to_detections(kept, transform)
@@ -217,12 +221,11 @@ class SplitHead:
         settings: DetectorSettings,
         t0: float,
     ) -> tuple[list[Detection], float, float]:
-        outputs = detector.infer(tensor)
-        t1 = time.perf_counter()
-        detections = detector.postprocess(outputs, transform, settings)
+        """The whole model here; inference time counts from ``t0`` (any head run before)."""
+        detections, _, decode_ms = detector.run(tensor, transform, settings)
         self.counters.local += 1
         self.mode = "local"
-        return detections, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+        return detections, (time.perf_counter() - t0) * 1e3 - decode_ms, decode_ms
 
     def _exchange(
         self,

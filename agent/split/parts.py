@@ -86,7 +86,7 @@ class SplitModel:
         self._threads = threads
         self._providers = providers
         self._keep = keep
-        self._parts: OrderedDict[str, tuple[Part | None, Part]] = OrderedDict()
+        self._parts: OrderedDict[str, tuple[Part, Part]] = OrderedDict()
         self._lock = threading.Lock()
 
     def cut(self, cut_id: str) -> Cut:
@@ -97,32 +97,33 @@ class SplitModel:
                 f"{self.path.name} has no cut {cut_id!r} (see `edge-agent model plan-split`)"
             ) from None
 
-    def parts(self, cut_id: str) -> tuple[Part | None, Part]:
-        """Head and tail sessions for ``cut_id``, made the first time it is asked for. At the
-        ``input`` cut (all remote) there is no head and the tail is the whole model."""
+    def parts(self, cut_id: str) -> tuple[Part, Part]:
+        """Head and tail sessions for the inner cut ``cut_id``, made the first time it is asked
+        for. The two ends need none: there the whole model runs on one side (the detector's own
+        session)."""
         with self._lock:
             if cut_id in self._parts:
                 self._parts.move_to_end(cut_id)
                 return self._parts[cut_id]
-        cut = self.cut(cut_id)
+        self.cut(cut_id)
         from agent.split.partition import split_model
 
-        pair: tuple[Part | None, Part]
-        if cut.kind == "remote":
-            whole = self.graph.model.SerializeToString()
-            pair = (None, Part(whole, self._threads, self._providers))
-        else:  # split_model refuses the "output" cut: nothing runs remotely there
-            head, tail = split_model(self.graph, cut_id)
-            pair = (
-                Part(head.SerializeToString(), self._threads, self._providers),
-                Part(tail.SerializeToString(), self._threads, self._providers),
-            )
+        head, tail = split_model(self.graph, cut_id)  # refuses the ends with a SplitError
+        pair = (
+            Part(head.SerializeToString(), self._threads, self._providers),
+            Part(tail.SerializeToString(), self._threads, self._providers),
+        )
         log.info("split %s at %s: head and tail sessions ready", self.path.name, cut_id)
         with self._lock:
             self._parts[cut_id] = pair
             while len(self._parts) > self._keep:
                 self._parts.popitem(last=False)
         return pair
+
+    @property
+    def loaded(self) -> int:
+        """How many cuts have their sessions made."""
+        return len(self._parts)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.path.name, "sha256": self.sha256, "cuts": len(self.cuts)}

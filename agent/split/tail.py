@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 
 from agent.config import Config
-from agent.detection.card import resolve_card
-from agent.detection.detector import DetectorSettings, decode_candidates
+from agent.detection.detector import Detector, DetectorSettings, decode_candidates
 from agent.errors import EdgeAgentError, SplitError
 from agent.health import ProcessUsage
 from agent.publish import MqttPublisher
@@ -43,13 +42,16 @@ class TailAgent:
         self.config = config
         c = config.model
         self.model = SplitModel(c.path, threads=c.threads, providers=c.providers or None)
-        runtime_outputs = self.model.output_names
-        from agent.runtimes import load_runtime
-
-        probe = load_runtime(c.path, threads=1)
-        self.card = resolve_card(c.path, probe, c.card)
-        probe.close()
-        self._names = runtime_outputs
+        # The whole model, for heads that send their input (the "input" cut), and its card.
+        self.detector = Detector.load(
+            c.path,
+            card=c.card,
+            threads=c.threads,
+            providers=c.providers or None,
+            warmup=False,
+        )
+        self.card = self.detector.card
+        self._names = self.model.output_names
         self.publisher = MqttPublisher(config.mqtt, config.device_id, status_extra=self._status)
         self.topics = self.publisher.topics
         self.notifier = Notifier()
@@ -110,10 +112,10 @@ class TailAgent:
             answer.update(ok=True, tail_ms=round(tail_ms, 3))
             self.served += 1
             self._tail_ms.append(tail_ms)
-        except EdgeAgentError as exc:
+        except Exception as exc:  # bad fields, shapes or model: refuse it, keep serving
             self.failed += 1
-            answer["error"] = str(exc)
-            log.warning("split request %s refused: %s", meta.get("id"), exc)
+            answer["error"] = str(exc) if isinstance(exc, EdgeAgentError) else repr(exc)
+            log.warning("split request %s refused: %s", meta.get("id"), answer["error"])
         self.publisher.publish(reply_to, encode(answer, arrays, method="raw"), qos=0)
 
     def run(
@@ -129,8 +131,17 @@ class TailAgent:
             )
         cut = str(meta.get("cut"))
         t0 = time.perf_counter()
-        _head, tail = self.model.parts(cut)
-        outputs = tail.run(tensors)
+        if self.model.cut(cut).kind == "remote":
+            outputs = dict(
+                zip(
+                    self._names,
+                    self.detector.infer(tensors[self.model.input_names[0]]),
+                    strict=True,
+                )
+            )
+        else:
+            _head, tail = self.model.parts(cut)
+            outputs = tail.run(tensors)
         s = meta.get("settings") or {}
         settings = DetectorSettings(
             score_threshold=s.get("score"), iou_threshold=s.get("iou"), labels=s.get("labels", ())
@@ -155,7 +166,7 @@ class TailAgent:
                 "failed": self.failed,
                 "dropped": self.dropped,
                 "tail_ms_p50": round(lat[len(lat) // 2], 2) if lat else 0.0,
-                "cuts_loaded": len(self.model._parts),
+                "cuts_loaded": self.model.loaded,
             },
             "rss_mb": self.usage.rss_mb(),
             "cpu_percent": self.usage.cpu_percent(),
@@ -204,5 +215,6 @@ class TailAgent:
     def stop(self) -> None:
         self._stop.set()
         self.publisher.close("stopped", timeout=2.0)
+        self.detector.close()
         self.notifier.close()
         log.info("tail stopped after %d requests (%d refused)", self.served, self.failed)
