@@ -70,7 +70,8 @@ class DurableSubscriber:
         self.seqs: queue.Queue[int] = queue.Queue()
         self.received: list[int] = []
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"durable-{os.getpid()}-{time.monotonic_ns()}",
+            CallbackAPIVersion.VERSION2,
+            client_id=f"durable-{os.getpid()}-{time.monotonic_ns()}",
             clean_session=False,
         )
         self.client.reconnect_delay_set(0.2, 1)
@@ -125,7 +126,9 @@ def assert_no_gaps(seqs: list[int]) -> None:
     assert [first_seen[s] for s in unique] == sorted(first_seen[s] for s in unique)
 
 
-def test_broker_stopped_for_20_s_loses_no_detection(durable_broker, write_config, run_agent, assets):
+def test_broker_stopped_for_20_s_loses_no_detection(
+    durable_broker, write_config, run_agent, assets
+):
     sub = DurableSubscriber(durable_broker.port, "edge-agent/cam-outage/detections")
     agent = run_agent(write_config(outage_config(durable_broker.port, assets)))
     before = sub.collect(lambda r: len(r) >= 5, timeout=60)
@@ -145,7 +148,9 @@ def test_broker_stopped_for_20_s_loses_no_detection(durable_broker, write_config
     print(f"received {len(seqs)} messages, {len(seqs) - len(set(seqs))} duplicates")
 
 
-def test_messages_queued_before_a_kill_9_arrive_after_restart(durable_broker, write_config, run_agent, assets):
+def test_messages_queued_before_a_kill_9_arrive_after_restart(
+    durable_broker, write_config, run_agent, assets
+):
     sub = DurableSubscriber(durable_broker.port, "edge-agent/cam-outage/detections")
     config = write_config(outage_config(durable_broker.port, assets))
     first = run_agent(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,33 +28,56 @@ def _static_shape(shape: Sequence[object]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
 
 
+def open_session(
+    model: str | bytes,
+    threads: int = 0,
+    providers: Sequence[str] | None = None,
+    *,
+    basic: bool = False,
+    profile_prefix: str | None = None,
+) -> Any:
+    """An onnxruntime session as the agent makes them: ``threads`` intra-op threads (0: the
+    runtime's default), all graph optimizations (``basic``: only those that keep node names, for
+    the profiler), quiet logs. Errors of onnxruntime itself pass through for the caller to name."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
+        raise RuntimeUnavailableError("onnxruntime is not installed") from exc
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        if basic
+        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
+    options.log_severity_level = 3  # warnings about unused initializers are noise on a device
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    available = ort.get_available_providers()
+    wanted = list(providers) if providers else ["CPUExecutionProvider"]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise RuntimeUnavailableError(
+            f"onnxruntime execution provider(s) {missing} not available; have {available}"
+        )
+    return ort.InferenceSession(model, sess_options=options, providers=wanted)
+
+
 class OnnxRuntime:
     """A model run by onnxruntime."""
 
     def __init__(self, path: str, threads: int = 0, providers: Sequence[str] | None = None) -> None:
         try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
-            raise RuntimeUnavailableError("onnxruntime is not installed") from exc
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # warnings about unused initializers are noise on a device
-        available = ort.get_available_providers()
-        wanted = list(providers) if providers else ["CPUExecutionProvider"]
-        missing = [p for p in wanted if p not in available]
-        if missing:
-            raise RuntimeUnavailableError(
-                f"onnxruntime execution provider(s) {missing} not available; have {available}"
-            )
-        try:
-            self._session = ort.InferenceSession(path, sess_options=options, providers=wanted)
+            self._session = open_session(path, threads, providers)
+        except RuntimeUnavailableError:
+            raise
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"{path}: onnxruntime cannot load it: {exc}") from exc
         self.path = path
-        self.providers = wanted
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.inputs = [
             TensorSpec(i.name, _static_shape(i.shape), np.dtype(_ORT_TYPES.get(i.type, np.float32)))
             for i in self._session.get_inputs()

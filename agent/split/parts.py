@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import agent  # noqa: F401  (sets ORT_DISABLE_TELEMETRY before onnxruntime is imported)
 from agent.detection.detector import file_sha256
 from agent.errors import SplitError
+from agent.runtimes.onnx import open_session
 
 if TYPE_CHECKING:
     from agent.split.partition import Cut
@@ -26,16 +26,7 @@ class Part:
     """One side of a cut, run by onnxruntime: named tensors in, named tensors out."""
 
     def __init__(self, model_bytes: bytes, threads: int, providers: Sequence[str] | None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(
-            model_bytes, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-        )
+        self._session = open_session(model_bytes, threads, providers)
         self.inputs = [i.name for i in self._session.get_inputs()]
         self.outputs = [o.name for o in self._session.get_outputs()]
 

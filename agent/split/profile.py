@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-import agent  # noqa: F401  (sets ORT_DISABLE_TELEMETRY before onnxruntime is imported)
 from agent.errors import SplitError
+from agent.runtimes.onnx import open_session
 from agent.split.codec import METHODS, Method, encode
 from agent.split.partition import PartitionedGraph, partition
 
@@ -132,25 +132,14 @@ class Profile:
 def ort_session(
     model: bytes | str, threads: int, *, basic: bool = False, profile_dir: str | None = None
 ) -> Any:
-    """An onnxruntime CPU session as the agent makes them (``basic``: only the optimizations
-    that keep node names, for the profiler)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads > 0:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        if basic
-        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    )
-    if profile_dir is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(profile_dir) / "ort")
+    """The agent's CPU session (``agent.runtimes.onnx.open_session``), errors as SplitError."""
     try:
-        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        return open_session(
+            model,
+            threads,
+            basic=basic,
+            profile_prefix=str(Path(profile_dir) / "ort") if profile_dir is not None else None,
+        )
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise SplitError(f"onnxruntime cannot load the model: {exc}") from exc
 
