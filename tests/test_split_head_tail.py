@@ -17,7 +17,7 @@ from agent.config import Config, SplitConfig
 from agent.detection import Detection, Detector, DetectorSettings
 from agent.localbroker import LocalBroker
 from agent.publish import MqttPublisher
-from agent.split.head import SplitHead
+from agent.split.head import SplitCounters, SplitHead
 from agent.split.tail import TailAgent
 
 onnx = pytest.importorskip("onnx")
@@ -161,6 +161,17 @@ def assert_same(split: list[Detection], local: list[Detection]) -> None:
         assert a.box == pytest.approx(b.box, abs=1e-5)
 
 
+def prepare(head: SplitHead, detector: Detector, frame: np.ndarray) -> None:
+    """The first frame starts preparing the split model in the background and runs whole here;
+    wait for the model and for the tail, then count from zero."""
+    tensor, transform = detector.preprocess(frame)
+    head.run(detector, tensor, transform, DetectorSettings())
+    assert head.counters.local == 1 and head.counters.remote == 0
+    assert head.prepared.wait(30)
+    wait_online(head)
+    head.counters = SplitCounters()
+
+
 def wait_online(head: SplitHead) -> None:
     until = time.monotonic() + 20
     while not head.peer_usable() and time.monotonic() < until:
@@ -181,7 +192,7 @@ def test_garbage_requests_are_dropped_and_the_tail_keeps_serving(
     detector = Detector.load(tail.model.path, threads=1)
     frame = np.random.default_rng(2).integers(0, 255, (96, 96, 3), np.uint8)
     try:
-        wait_online(head)
+        prepare(head, detector, frame)
         for junk in (b"", b"EASP", b"not a payload at all", b"EASP\x01\xff\xff\xff\xff{"):
             publisher.publish(head.request_topic, junk, qos=1).wait_for_publish(5)
         tensor, transform = detector.preprocess(frame)
@@ -214,7 +225,7 @@ def test_a_tail_with_another_model_refuses_and_the_head_runs_the_frame_itself(
     detector = Detector.load(other, threads=1)
     frame = np.random.default_rng(3).integers(0, 255, (96, 96, 3), np.uint8)
     try:
-        wait_online(head)
+        prepare(head, detector, frame)
         tensor, transform = detector.preprocess(frame)
         split, _, _ = head.run(detector, tensor, transform, DetectorSettings())
         local, _ = detector.detect(frame)

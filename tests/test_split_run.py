@@ -89,14 +89,15 @@ def test_head_and_tail_agents_detect_like_one_and_survive_the_tail(
     assert split["split"]["peer_state"] == "online"
     assert_same(sub.wait_for("/detections")["objects"], expected)
 
-    # The tail dies without a word (no "stopped" status): the head misses one deadline, then
-    # runs the whole model itself and keeps publishing.
+    # The tail dies without a word (no "stopped" status). Either a request was in flight and
+    # the head misses one deadline, or the broker saw the socket close and published the tail's
+    # last will first: the head runs the whole model itself and keeps publishing.
     tail.signal(signal.SIGKILL)
     tail.wait(10)
     local = sub.wait_for(
         "/metrics",
         lambda m: (
-            m["split"]["late_frames"] >= 1
+            (m["split"]["late_frames"] >= 1 or m["split"]["peer_state"] == "offline")
             and m["split"]["local_frames"] >= split["split"]["local_frames"] + 2
         ),
         60,

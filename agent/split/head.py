@@ -8,8 +8,9 @@ agent ``split.peer`` on ``{prefix}/{peer}/split/request`` and waits for the kept
 head runs the rest of the model itself: the frame is never lost, only slower. It tries the
 tail again when the tail comes back online or after ``retry_s``.
 
-With ``split.at: auto`` the cut is planned from this device's per-layer profile (measured in the
-background at start; frames run locally meanwhile) and the link and peer speed measured on every
+The model is read and partitioned in the background after a start or a model update (frames run
+whole here meanwhile). With ``split.at: auto`` the cut is planned from this device's per-layer
+profile (measured there too, on the first real frame) and the link and peer speed measured on every
 exchange, and re-planned when either moves by more than ``replan_margin``.
 """
 
@@ -94,7 +95,7 @@ class SplitHead:
         self._model: SplitModel | None = None
         self._model_path: str | None = None
         self._profile: Profile | None = None
-        self._planning = False
+        self.prepared = threading.Event()  # the current model's preparation has ended
         self.cut: str | None = None if config.at == "auto" else config.at
         self._planned: tuple[float, float] | None = None  # bandwidth, speedup of the plan
         self._probe_cut: str | None = None  # the best cut that uses the peer
@@ -139,19 +140,16 @@ class SplitHead:
         )
 
     def _split_model(self, detector: Detector, tensor: np.ndarray) -> SplitModel | None:
+        """The current model ready to split, or None while it is being prepared (frames then
+        run whole here)."""
         path = str(detector.runtime.path)
         if path != self._model_path:  # first frame, or a model update swapped the detector
             self._model_path, self._model, self._profile = path, None, None
             self.cut = None if self.config.at == "auto" else self.config.at
-            try:
-                self._model = SplitModel(path, threads=self._threads, providers=self._providers)
-                if self.cut is not None:
-                    self._model.cut(self.cut)
-            except EdgeAgentError as exc:
-                log.error("split inference off for %s, running it whole here: %s", path, exc)
-                self._model = None
-            if self._model is not None and self.config.at == "auto":
-                self._start_planning(self._model, tensor.copy())
+            self.prepared.clear()
+            threading.Thread(
+                target=self._prepare, args=(path, tensor.copy()), name="split-prepare", daemon=True
+            ).start()
         return self._model
 
     def run(
@@ -308,37 +306,38 @@ class SplitHead:
 
     # --- planning ---
 
-    def _start_planning(self, model: SplitModel, sample: np.ndarray) -> None:
-        if self._planning:
-            return
-        self._planning = True
-        threading.Thread(
-            target=self._plan, args=(model, sample), name="split-plan", daemon=True
-        ).start()
-
-    def _plan(self, model: SplitModel, sample: np.ndarray) -> None:
-        """Profile every cut on this device, on a real frame (coded sizes depend on content)."""
-        from agent.split.profile import profile_model
-
+    def _prepare(self, path: str, sample: np.ndarray) -> None:
+        """Off the frame path (seconds on a small device): read and partition the model and,
+        with ``at: auto``, profile every cut on a real frame (coded sizes depend on content)
+        and plan."""
         try:
-            profile = profile_model(
-                model.path,
-                runs=2,
-                threads=self._threads,
-                methods=(self.config.codec,),
-                sample=sample,
-                max_tensors=self.config.max_tensors,
-                graph=model.graph,
-            )
+            model = SplitModel(path, threads=self._threads, providers=self._providers)
+            if self.cut is not None:
+                model.cut(self.cut)
+            profile = None
+            if self.config.at == "auto":
+                from agent.split.profile import profile_model
+
+                profile = profile_model(
+                    model.path,
+                    runs=2,
+                    threads=self._threads,
+                    methods=(self.config.codec,),
+                    sample=sample,
+                    max_tensors=self.config.max_tensors,
+                    graph=model.graph,
+                )
         except EdgeAgentError as exc:
-            log.error("split: profiling %s failed, running it whole here: %s", model.path, exc)
+            log.error("split inference off for %s, running it whole here: %s", path, exc)
+            self.prepared.set()
             return
-        finally:
-            self._planning = False
-        if self._model is not model:
+        if path != self._model_path:
             return  # the model was swapped meanwhile
         self._profile = profile
-        self._replan(self.config.bandwidth_mbps, self.config.peer_speedup, first=True)
+        if profile is not None:
+            self._replan(self.config.bandwidth_mbps, self.config.peer_speedup, first=True)
+        self._model = model
+        self.prepared.set()
 
     def _local_tail_ms(self, cut: str) -> float | None:
         if self._profile is None:
