@@ -21,7 +21,7 @@ from agent.config import Config, load_config
 from agent.detection import Detector, DetectorSettings
 from agent.detection.detector import file_sha256
 from agent.detection.draw import annotate, jpeg_within
-from agent.errors import ConfigError, EdgeAgentError
+from agent.errors import EXIT_CONFIG, ConfigError, EdgeAgentError
 from agent.health import ProcessUsage
 from agent.overlay import deep_merge, merged, read_overlay, with_overlay, write_overlay
 from agent.pipeline import Pipeline, Result
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from agent.split.head import SplitHead
 
 log = logging.getLogger("agent.app")
-
-EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus= keeps it from restart loops
 
 
 class Agent:

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from agent import __version__
 from agent.compress.cli import add_compress_commands
 from agent.compress.distill_cli import add_distill_command
-from agent.errors import EdgeAgentError
+from agent.errors import EXIT_FAILURE, EXIT_OK, EdgeAgentError
 from agent.logs import setup_logging
 from agent.split.cli import add_split_commands
 
@@ -25,8 +26,10 @@ log = logging.getLogger("agent")
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.app import Agent
     from agent.config import load_config
+    from agent.preflight import preflight
 
     config = load_config(args.config)
+    preflight(config, args.config)  # what a restart cannot fix: exit 78 before anything starts
     if config.split.role == "tail":
         from agent.split.tail import TailAgent
 
@@ -35,26 +38,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from agent.config import check_files, parse_config, relative_to
-    from agent.errors import ConfigError
+    from agent.preflight import check_config_file
 
     path = Path(args.config)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
-        return 1
-    try:
-        config = parse_config(text, str(path))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    problems = check_files(relative_to(config, path.resolve().parent), str(path), text)
+    problems = check_config_file(path)
     if problems:
         print("\n".join(problems), file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     print(f"{path}: ok")
-    return 0
+    return EXIT_OK
 
 
 def cmd_config_schema(args: argparse.Namespace) -> int:
@@ -196,7 +188,7 @@ def cmd_bench_publish(args: argparse.Namespace) -> int:
 def cmd_registry_keygen(args: argparse.Namespace) -> int:
     from agent.registry.signing import generate_key, key_id, load_public_keys
 
-    key, pub = generate_key(Path(args.out))
+    key, pub = generate_key(Path(args.output))
     print(f"private key: {key} (mode 0600: keep it secret, keep it off devices)")
     print(
         f"public key:  {pub} (key id {key_id(load_public_keys([pub])[0])}; "
@@ -245,8 +237,33 @@ def cmd_bench_update(args: argparse.Namespace) -> int:
     return 0 if result["committed"] else 1
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default: ``(default: X)`` unless its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+        if (
+            "default" in text
+            or not shown
+            or action.default in (None, False, argparse.SUPPRESS)
+            or isinstance(action, argparse._HelpAction | argparse._VersionAction)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows defaults; ``add_subparsers`` makes its subcommands
+    of this class too (argparse uses ``type(self)``), so every command gets the formatter."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    p = Parser(prog="edge-agent", description=__doc__)
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument(
@@ -255,51 +272,60 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: journal prefixes under systemd, else human-readable",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon (no config: the demo defaults)")
-    run.add_argument("-c", "--config", help="config file (YAML)")
+    run.add_argument("-c", "--config", help="config file (YAML) (default: the demo defaults)")
     run.set_defaults(func=cmd_run)
 
     det = sub.add_parser("detect", help="run a model on images")
-    det.add_argument("model")
-    det.add_argument("images", nargs="+")
+    det.add_argument("model", help="model file (.onnx or .tflite)")
+    det.add_argument("images", nargs="+", help="image files")
     det.add_argument("--card", help="model card (default: <model>.card.yaml)")
     det.add_argument("--json", action="store_true", help="one JSON object per image")
     det.add_argument("--draw", metavar="DIR", help="write annotated copies into DIR")
     det.add_argument("--score", type=float, help="score threshold (default: the card's)")
-    det.add_argument("--labels", nargs="*", help="labels to keep")
-    det.add_argument("--threads", type=int, default=0)
+    det.add_argument("--labels", nargs="*", help="labels to keep (default: all)")
+    det.add_argument(
+        "--threads", type=int, default=0, help="inference threads; 0: the runtime's choice"
+    )
     det.set_defaults(func=cmd_detect)
 
-    chk = sub.add_parser("check-config", help="validate a config file")
-    chk.add_argument("config")
+    chk = sub.add_parser(
+        "check-config",
+        help="validate a config file and what it names: files, folders, source URI, labels",
+    )
+    chk.add_argument("config", help="config file (YAML); EDGE_AGENT_* overrides apply")
     chk.set_defaults(func=cmd_check_config)
 
     cfg = sub.add_parser("config", help="config helpers")
-    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     schema = cfg_sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_config_schema)
 
     model = sub.add_parser("model", help="inspect, compress, evaluate and split models")
-    model_sub = model.add_subparsers(dest="model_command", required=True)
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
     info = model_sub.add_parser("info", help="inputs, outputs, card and digest of a model")
-    info.add_argument("model")
-    info.add_argument("--card")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("model", help="model file (.onnx or .tflite)")
+    info.add_argument("--card", help="model card (default: <model>.card.yaml, else guessed)")
+    info.add_argument("--json", action="store_true", help="one JSON object")
     info.set_defaults(func=cmd_model_info)
     add_compress_commands(model_sub)
     add_distill_command(model_sub)
     add_split_commands(model_sub)
 
     bench = sub.add_parser("bench", help="measure runtime, pipeline and naive-loop speed")
-    bench.add_argument("model")
+    bench.add_argument("model", help="model file (.onnx or .tflite)")
     bench.add_argument("--source", help="video or image folder (default: the sample video)")
-    bench.add_argument("--frames", type=int, default=50)
-    bench.add_argument("--threads", type=int, default=2)
-    bench.add_argument("--card")
-    bench.add_argument("--broker", metavar="HOST:PORT", help="publish detections to this broker")
-    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--frames", type=int, default=50, help="frames to measure")
+    bench.add_argument("--threads", type=int, default=2, help="inference threads")
+    bench.add_argument("--card", help="model card (default: <model>.card.yaml)")
+    bench.add_argument(
+        "--broker",
+        metavar="HOST:PORT",
+        help="publish detections to this broker (default: no publishing)",
+    )
+    bench.add_argument("--json", action="store_true", help="one JSON object")
     bench.set_defaults(func=cmd_bench)
 
     bench_pub = sub.add_parser(
@@ -307,28 +333,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_pub.add_argument("--messages", type=int, default=10_000, help="backlog size")
     bench_pub.add_argument("--port", type=int, help="broker on 127.0.0.1 (default: start one)")
-    bench_pub.add_argument("--json", action="store_true")
+    bench_pub.add_argument("--json", action="store_true", help="one JSON object")
     bench_pub.set_defaults(func=cmd_bench_publish)
 
     bench_upd = sub.add_parser(
         "bench-update", help="time of a model update over loopback HTTP and the frame gap it causes"
     )
-    bench_upd.add_argument("model")
-    bench_upd.add_argument("--threads", type=int, default=2)
+    bench_upd.add_argument("model", help="model file to publish and update to")
+    bench_upd.add_argument("--threads", type=int, default=2, help="inference threads")
     bench_upd.add_argument("--probation", type=float, default=0.0, help="probation seconds")
-    bench_upd.add_argument("--json", action="store_true")
+    bench_upd.add_argument("--json", action="store_true", help="one JSON object")
     bench_upd.set_defaults(func=cmd_bench_update)
 
     reg = sub.add_parser("registry", help="publisher tools: keys, publishing, checking")
-    reg_sub = reg.add_subparsers(dest="registry_command", required=True)
+    reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
     keygen = reg_sub.add_parser("keygen", help="make an Ed25519 signing key and its .pub")
-    keygen.add_argument("--out", required=True, metavar="KEY", help="private key path")
+    keygen.add_argument(
+        "-o",
+        "--output",
+        "--out",
+        required=True,
+        metavar="KEY",
+        help="private key path; the public key goes to KEY.pub",
+    )
     keygen.set_defaults(func=cmd_registry_keygen)
     pub = reg_sub.add_parser("publish", help="sign and add a model version to a registry folder")
-    pub.add_argument("model")
-    pub.add_argument("--registry", required=True, metavar="DIR")
-    pub.add_argument("--name", required=True)
-    pub.add_argument("--version", required=True)
+    pub.add_argument("model", help="model file to publish")
+    pub.add_argument("--registry", required=True, metavar="DIR", help="registry folder")
+    pub.add_argument("--name", required=True, help="model name (devices' registry.model)")
+    pub.add_argument("--version", required=True, help="version to publish (e.g. 1.2.0)")
     pub.add_argument("--key", required=True, help="private signing key")
     channel = pub.add_mutually_exclusive_group()
     channel.add_argument("--channel", default="stable", help="point this channel at the version")
@@ -337,10 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument(
         "--expires-days", type=float, default=365, help="devices refuse it after (0: never)"
     )
-    pub.add_argument("--min-agent-version", help="oldest edge-agent that may install it")
+    pub.add_argument(
+        "--min-agent-version", help="oldest edge-agent that may install it (default: any)"
+    )
     pub.set_defaults(func=cmd_registry_publish)
     ver = reg_sub.add_parser("verify", help="check signatures, digests and the index")
-    ver.add_argument("registry", metavar="DIR")
+    ver.add_argument("registry", metavar="DIR", help="registry folder")
     ver.add_argument(
         "--key", action="append", required=True, help="trusted public key (repeatable)"
     )
@@ -349,15 +384,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code is the one place errors become exit codes (DESIGN.md
+    section 9): 0 done, an ``EdgeAgentError``'s ``exit_code`` (78 for what a restart cannot fix,
+    else 1) as one line without a traceback, 1 and the traceback for anything unexpected."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, args.verbose)
     try:
         return int(args.func(args))
     except EdgeAgentError as exc:
+        log.debug("%s failed", args.command, exc_info=True)  # the traceback: only with -v
         print(f"edge-agent: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            "edge-agent: unexpected error (a bug: please report it with the traceback above)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

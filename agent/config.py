@@ -3,10 +3,11 @@ and error reports that name the file, line and key."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -290,8 +291,13 @@ class Config(Section):
         return value
 
 
-def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    """``EDGE_AGENT_MQTT__HOST=broker`` sets ``mqtt.host`` (values parsed as YAML scalars)."""
+def _env_overrides(
+    data: dict[str, Any], environ: dict[str, str]
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """``EDGE_AGENT_MQTT__HOST=broker`` sets ``mqtt.host`` (values parsed as YAML scalars).
+
+    Also returns which variable set which key, so that an error names the variable."""
+    origins: dict[tuple[str, ...], str] = {}
     for key, raw in sorted(environ.items()):
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
@@ -301,8 +307,59 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, A
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"environment {key}: {'.'.join(path[:-1])} is not a section")
-        node[path[-1]] = yaml.safe_load(raw) if raw else raw
-    return data
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"environment {key}: {'.'.join(path)}: not a valid YAML value: "
+                f"{getattr(exc, 'problem', exc)}"
+            ) from exc
+        origins[tuple(path)] = key
+    return data, origins
+
+
+def _env_origin(
+    origins: dict[tuple[str, ...], str], loc: tuple[int | str, ...]
+) -> str | None:
+    """The variable that set the value at ``loc`` (or a section above it)."""
+    keys = tuple(str(p) for p in loc)
+    for path, var in origins.items():
+        if keys[: len(path)] == path:
+            return var
+    return None
+
+
+def known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the config accepts inside the section at ``loc`` (list indexes skipped)."""
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The section model in a field's type (``TlsConfig | None``, ``list[X]``...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
+    """`` (did you mean mqtt.host?)`` for the closest of ``choices``, or nothing."""
+    # Swapped letters (rtps -> rtsp) are the commonest typo; difflib alone would rank a longer
+    # word that contains them (rtsps) first.
+    close = [c for c in choices if sorted(c) == sorted(word) and c != word]
+    close = close or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
@@ -327,23 +384,37 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
-def _report(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
+def where(source: str, root: yaml.Node | None, loc: tuple[int | str, ...]) -> str:
+    """``FILE:LINE`` of the key at ``loc`` (just ``FILE`` when the file does not set it)."""
+    line = _line_of(root, loc)
+    return f"{source}:{line}" if line else source
+
+
+def _report(
+    exc: ValidationError,
+    source: str,
+    root: yaml.Node | None,
+    origins: dict[tuple[str, ...], str] | None = None,
+) -> str:
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
-        line = _line_of(root, loc)
-        where = f"{source}:{line}" if line else source
+        var = _env_origin(origins or {}, loc)
+        place = f"environment {var}" if var else where(source, root, loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            section = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
+            msg = "unknown key" + did_you_mean(
+                str(loc[-1]), known_keys(loc[:-1]), f"{section}." if section else ""
+            )
         value = err.get("input")
         shown = (
             ""
             if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict)
             else f" (got {value!r})"
         )
-        lines.append(f"{where}: {key}: {msg}{shown}")
+        lines.append(f"{place}: {key}: {msg}{shown}")
     return "\n".join(lines)
 
 
@@ -361,11 +432,11 @@ def parse_config(
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the config must be a mapping of sections")
-    data = _env_overrides(data, dict(os.environ) if environ is None else environ)
+    data, origins = _env_overrides(data, dict(os.environ) if environ is None else environ)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_report(exc, source, root)) from exc
+        raise ConfigError(_report(exc, source, root, origins)) from exc
 
 
 def load_config(path: str | Path | None, environ: dict[str, str] | None = None) -> Config:
@@ -411,9 +482,9 @@ def check_files(config: Config, source: str = "<config>", text: str = "") -> lis
 
     def missing(loc: tuple[str, ...], path: Path | None, what: str) -> None:
         if path is not None and not path.is_file():
-            line = _line_of(root, loc)
-            where = f"{source}:{line}" if line else source
-            problems.append(f"{where}: {'.'.join(loc)}: {what} {str(path)!r} does not exist")
+            problems.append(
+                f"{where(source, root, loc)}: {'.'.join(loc)}: {what} {str(path)!r} does not exist"
+            )
 
     missing(("model", "path"), config.model.path, "model file")
     missing(("model", "card"), config.model.card, "model card")
@@ -421,22 +492,19 @@ def check_files(config: Config, source: str = "<config>", text: str = "") -> lis
     if config.mqtt.tls:
         for name in ("ca_file", "cert_file", "key_file"):
             missing(("mqtt", "tls", name), getattr(config.mqtt.tls, name), "TLS file")
-    if config.registry is not None:
-        for i, key in enumerate(config.registry.trusted_keys):
-            if not key.is_file():
-                line = _line_of(root, ("registry", "trusted_keys", i))
-                where = f"{source}:{line}" if line else source
-                problems.append(
-                    f"{where}: registry.trusted_keys.{i}: key file {str(key)!r} does not exist"
-                )
-    return problems
+    return problems  # trusted keys: agent.preflight.key_problems (exist and load)
 
 
 def mqtt_password(config: MqttConfig, environ: dict[str, str] | None = None) -> str | None:
     """The broker password: the password file, systemd's credential, or the environment."""
     env = dict(os.environ) if environ is None else environ
     if config.password_file is not None:
-        return config.password_file.read_text(encoding="utf-8").strip()
+        try:
+            return config.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"mqtt.password_file {str(config.password_file)!r}: cannot read: {exc.strerror}"
+            ) from exc
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     if cred_dir and (Path(cred_dir) / "mqtt-password").is_file():
         return (Path(cred_dir) / "mqtt-password").read_text(encoding="utf-8").strip()

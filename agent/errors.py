@@ -1,38 +1,59 @@
 """The exceptions edge-agent raises, so callers catch ours and never a library's.
 
-    EdgeAgentError
-    ├── ConfigError          the config file or a config change is invalid
-    ├── ModelError
-    │   ├── ModelLoadError   a model file cannot be read or run by its runtime
-    │   ├── ModelCardError   a model card is missing fields or contradicts the model
-    │   └── DecodeError      model outputs do not fit the family's decoder
-    ├── RuntimeUnavailableError   the runtime a model needs is not installed
-    ├── SourceError          a camera, stream, file or folder cannot be opened or read
-    ├── PublishError         the MQTT connection cannot be set up
-    ├── RegistryError        a model update cannot be used (the running model keeps serving)
-    │   ├── SignatureError   no trusted key signed these exact bytes
-    │   ├── ManifestError    a manifest or index is malformed, expired, unsafe or not for us
-    │   ├── DownloadError    the artifact cannot be fetched, or is larger than announced
-    │   └── ChecksumError    the artifact's sha256 differs from the manifest's
-    ├── CompressError        a quantize/prune/distill/eval run cannot be done as asked
-    └── SplitError           a model cannot be cut where asked, or split parts do not fit
+    EdgeAgentError                     (exit code 1 unless the class says 78)
+    ├── ConfigError                78  the config (file, environment or change) is invalid, or a
+    │                                  file or folder it names cannot be used (store path, keys)
+    ├── ModelError                 78
+    │   ├── ModelLoadError             a model file cannot be read or run by its runtime
+    │   ├── ModelCardError             a model card is missing fields or contradicts the model
+    │   └── DecodeError                model outputs do not fit the family's decoder
+    ├── RuntimeUnavailableError    78  the runtime a model needs is not installed
+    ├── SourceError                    a camera, stream, file or folder cannot be opened or read
+    ├── PublishError               78  the MQTT connection cannot be set up (TLS files, login)
+    ├── RegistryError                  a model update cannot be used (the running model serves on)
+    │   ├── SignatureError             no trusted key signed these exact bytes
+    │   ├── ManifestError              a manifest or index is malformed, expired, unsafe or not ours
+    │   ├── DownloadError              the artifact cannot be fetched, or is larger than announced
+    │   └── ChecksumError              the artifact's sha256 differs from the manifest's
+    ├── CompressError                  a quantize/prune/distill/eval run cannot be done as asked
+    └── SplitError                     a model cannot be cut where asked, or split parts do not fit
 
 Third-party errors are translated where they enter (``raise ModelLoadError(...) from exc``).
+
+Each class carries the process exit code it means when it ends a command (DESIGN.md section 9;
+``agent.cli.main`` maps it): ``EXIT_CONFIG`` (78, EX_CONFIG) for what a restart cannot fix (an
+invalid config, a model that cannot load, missing TLS files, refused credentials), so that
+systemd's ``RestartPreventExitStatus=78`` stops instead of restarting in a loop, and
+``EXIT_FAILURE`` (1) for the rest. An exception that is not an ``EdgeAgentError`` is a bug: 1,
+with its traceback.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the command could not do what was asked, or an unexpected error (a bug)
+EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): a restart cannot fix it, a person must
 
 
 class EdgeAgentError(Exception):
     """Base of every error edge-agent raises on purpose."""
 
+    exit_code: ClassVar[int] = EXIT_FAILURE
+
 
 class ConfigError(EdgeAgentError):
-    """The configuration is invalid; the message names the file, line and key."""
+    """The configuration is invalid, or names a file or folder that cannot be used; the message
+    names the file, line and key (or the environment variable)."""
+
+    exit_code = EXIT_CONFIG
 
 
 class ModelError(EdgeAgentError):
     """A model cannot be used."""
+
+    exit_code = EXIT_CONFIG
 
 
 class ModelLoadError(ModelError):
@@ -50,6 +71,8 @@ class DecodeError(ModelError):
 class RuntimeUnavailableError(EdgeAgentError):
     """The runtime for a model format is not installed on this device."""
 
+    exit_code = EXIT_CONFIG
+
 
 class SourceError(EdgeAgentError):
     """A frame source cannot be opened or read."""
@@ -57,6 +80,8 @@ class SourceError(EdgeAgentError):
 
 class PublishError(EdgeAgentError):
     """The MQTT side cannot be set up (bad TLS files, bad credentials...)."""
+
+    exit_code = EXIT_CONFIG
 
 
 class RegistryError(EdgeAgentError):

@@ -249,19 +249,31 @@ def add_compress_commands(model_sub: Any) -> None:
     ev.add_argument("--labels", help="labels file (JSON; see README) for mAP against the truth")
     ev.add_argument("--reference", help="without labels: fidelity against this model's detections")
     ev.add_argument("--frames", type=int, default=50, help="frames evenly spread over --data")
-    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--threads", type=int, default=2, help="inference threads")
     ev.add_argument("--card", help="card of the model(s) (default: <model>.card.yaml)")
     ev.add_argument("--json", action="store_true", help="one JSON object per model")
     ev.set_defaults(func=cmd_eval)
 
     q = model_sub.add_parser("quantize", help="INT8 quantization (ONNX) with sensitive nodes kept")
-    q.add_argument("model")
-    q.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    q.add_argument("--calib", help="calibration video or image folder (needed for static)")
-    q.add_argument("--calib-frames", type=int, default=32)
-    q.add_argument("--mode", choices=["static", "dynamic"], default="static")
+    q.add_argument("model", help="float ONNX model")
     q.add_argument(
-        "--calibration", choices=["percentile", "minmax", "entropy"], default="percentile"
+        "-o", "--output", required=True, metavar="OUT.onnx", help="INT8 model to write"
+    )
+    q.add_argument("--calib", help="calibration video or image folder (needed for static)")
+    q.add_argument(
+        "--calib-frames", type=int, default=32, help="calibration frames spread over --calib"
+    )
+    q.add_argument(
+        "--mode",
+        choices=["static", "dynamic"],
+        default="static",
+        help="static: activation ranges from --calib; dynamic: computed per inference",
+    )
+    q.add_argument(
+        "--calibration",
+        choices=["percentile", "minmax", "entropy"],
+        default="percentile",
+        help="static: how activation ranges are chosen",
     )
     q.add_argument(
         "--keep-float",
@@ -270,16 +282,18 @@ def add_compress_commands(model_sub: Any) -> None:
         help="nodes kept in float: found automatically (default), none, or these",
     )
     q.add_argument("--eval", metavar="DATA", help="then compare float and INT8 on these frames")
-    q.add_argument("--eval-frames", type=int, default=40)
-    q.add_argument("--threads", type=int, default=2)
+    q.add_argument("--eval-frames", type=int, default=40, help="--eval: frames compared")
+    q.add_argument("--threads", type=int, default=2, help="inference threads")
     q.add_argument("--card", help="the float model's card (default: <model>.card.yaml)")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="one JSON object")
     q.set_defaults(func=cmd_quantize)
 
     p = model_sub.add_parser("prune", help="magnitude pruning of Conv/Gemm/MatMul weights")
-    p.add_argument("model")
-    p.add_argument("-o", "--output", metavar="OUT.onnx")
-    p.add_argument("--threshold", type=float, help="|w| < T -> 0")
+    p.add_argument("model", help="float ONNX model")
+    p.add_argument(
+        "-o", "--output", metavar="OUT.onnx", help="pruned model to write (not needed for --scan)"
+    )
+    p.add_argument("--threshold", type=float, help="weights with |w| < T become 0")
     p.add_argument("--sparsity", type=float, help="share of weights set to 0 (0..1)")
     p.add_argument("--per-layer", action="store_true", help="the same share in every layer")
     p.add_argument("--sensitivity", action="store_true", help="per-layer levels from a scan")
@@ -291,9 +305,11 @@ def add_compress_commands(model_sub: Any) -> None:
     p.add_argument("--no-int8", action="store_true", help="--scan: skip the INT8 column")
     p.add_argument("--data", help="frames to measure fidelity on")
     p.add_argument("--calib", help="--scan: INT8 calibration frames (default: --data)")
-    p.add_argument("--calib-frames", type=int, default=16)
+    p.add_argument(
+        "--calib-frames", type=int, default=16, help="--scan: INT8 calibration frames used"
+    )
     p.add_argument("--frames", type=int, default=20, help="frames to measure fidelity on")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--card")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", type=int, default=2, help="inference threads")
+    p.add_argument("--card", help="model card (default: <model>.card.yaml)")
+    p.add_argument("--json", action="store_true", help="one JSON object per result")
     p.set_defaults(func=cmd_prune)

@@ -36,12 +36,12 @@ def _positive(text: str) -> float:
 def cmd_split(args: argparse.Namespace) -> int:
     from agent.split.partition import write_split
 
-    info = write_split(args.model, args.at, args.out, card=args.card)
+    info = write_split(args.model, args.at, args.output, card=args.card)
     if args.json:
         print(json.dumps(info))
         return 0
     cut = info["cut"]
-    out = Path(args.out)
+    out = Path(args.output)
     print(
         f"cut {cut['cut']} after node {cut['after']}: {len(cut['tensors'])} tensor(s), "
         f"{cut['bytes']} bytes raw"
@@ -218,11 +218,18 @@ def cmd_bench_split(args: argparse.Namespace) -> int:
 def add_split_commands(model_sub: Any) -> None:
     """Add split, plan-split and bench-split to `edge-agent model`."""
     sp = model_sub.add_parser("split", help="cut an ONNX model into head.onnx and tail.onnx")
-    sp.add_argument("model")
+    sp.add_argument("model", help="ONNX model to cut")
     sp.add_argument(
         "--at", required=True, metavar="CUT", help="cut id (see plan-split) or node name"
     )
-    sp.add_argument("-o", "--out", required=True, metavar="DIR")
+    sp.add_argument(
+        "-o",
+        "--output",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder to write head.onnx, tail.onnx and split.json into",
+    )
     sp.add_argument("--card", help="model card (default: <model>.card.yaml)")
     sp.add_argument("--json", action="store_true", help="print split.json's content")
     sp.set_defaults(func=cmd_split)
@@ -230,9 +237,13 @@ def add_split_commands(model_sub: Any) -> None:
     plan = model_sub.add_parser(
         "plan-split", help="cut points of an ONNX model, their cost, and the best for a link"
     )
-    plan.add_argument("model")
+    plan.add_argument("model", help="ONNX model")
     plan.add_argument("--json", action="store_true", help="one JSON object per cut, then the best")
-    plan.add_argument("--bandwidth-mbps", type=_positive, help="link bandwidth: plan for it")
+    plan.add_argument(
+        "--bandwidth-mbps",
+        type=_positive,
+        help="link bandwidth: plan for it (default: only list the cuts' costs)",
+    )
     plan.add_argument("--rtt-ms", type=float, default=2.0, help="link round trip (default 2)")
     plan.add_argument(
         "--peer-speedup",
@@ -242,7 +253,9 @@ def add_split_commands(model_sub: Any) -> None:
     )
     plan.add_argument("--peer-profile", metavar="FILE", help="the peer's profile (--save-profile)")
     plan.add_argument("--codec", choices=CODECS, default="int8", help="coding of the cut tensors")
-    plan.add_argument("--max-tensors", type=int, help="only cuts carrying at most K tensors")
+    plan.add_argument(
+        "--max-tensors", type=int, help="only cuts carrying at most K tensors (default: any)"
+    )
     plan.add_argument("--profile-runs", type=int, default=3, help="timed runs (default 3)")
     plan.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
     plan.add_argument("--profile", metavar="FILE", help="use this saved profile, measure nothing")
@@ -253,7 +266,7 @@ def add_split_commands(model_sub: Any) -> None:
     bench = model_sub.add_parser(
         "bench-split", help="measured split latency under simulated links vs the planner"
     )
-    bench.add_argument("model")
+    bench.add_argument("model", help="ONNX model")
     bench.add_argument(
         "--bandwidths",
         type=_floats,
@@ -266,17 +279,19 @@ def add_split_commands(model_sub: Any) -> None:
         default=4.0,
         help="simulated head device this many times slower (default 4)",
     )
-    bench.add_argument("--rtt-ms", type=float, default=2.0)
-    bench.add_argument("--codec", choices=CODECS, default="int8")
+    bench.add_argument("--rtt-ms", type=float, default=2.0, help="simulated link round trip")
+    bench.add_argument(
+        "--codec", choices=CODECS, default="int8", help="coding of the cut tensors"
+    )
     bench.add_argument("--frames", type=int, default=2, help="frames per cut and link (median)")
     bench.add_argument("--cuts", type=int, default=12, help="about this many cuts measured")
     bench.add_argument("--max-tensors", type=int, default=1, help="candidate cuts' tensor limit")
-    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--threads", type=int, default=2, help="inference threads")
     bench.add_argument(
         "--tolerance",
         type=float,
         default=0.10,
         help="exit 1 when the planner's pick is slower than the fastest by more",
     )
-    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--json", action="store_true", help="one JSON object per result")
     bench.set_defaults(func=cmd_bench_split)

@@ -23,7 +23,7 @@ import numpy as np
 
 from agent.config import Config
 from agent.detection.detector import Detector, DetectorSettings, decode_candidates
-from agent.errors import EdgeAgentError, SplitError
+from agent.errors import EXIT_CONFIG, EdgeAgentError, SplitError
 from agent.health import ProcessUsage
 from agent.publish import MqttPublisher
 from agent.service import Notifier
@@ -198,7 +198,7 @@ class TailAgent:
         while not self._stop.wait(0.2):
             if self.publisher.fatal:
                 self.stop()
-                return 78
+                return EXIT_CONFIG  # refused credentials: a restart cannot fix them
             now = time.monotonic()
             ping = self.notifier.watchdog_interval
             if ping is not None and now >= next_ping and self._worker.is_alive():

@@ -1,0 +1,203 @@
+"""What a config asks of this machine, checked before the agent starts (``preflight``) and by
+``edge-agent check-config`` (``check_config_file``): folders that must be writable, a source URI
+that names a known kind, trusted keys that load, labels the model has.
+
+Validation (``agent.config``) does no I/O; these checks do, and each problem is one line
+``FILE:LINE: key: problem``. What fails here is something a restart cannot fix, so ``run`` exits
+78 (``ConfigError``) with the lines instead of a traceback in a restart loop.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from agent.config import Config, check_files, did_you_mean, parse_config, relative_to, where
+from agent.errors import ConfigError, EdgeAgentError
+
+# A problem: the key it is about (a path into the config) and what is wrong.
+Problem = tuple[tuple[int | str, ...], str]
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why files cannot be created in the folder ``path`` (made when missing), or None.
+
+    Probes with a temporary folder it removes again: nothing is left behind, ``path`` is not made.
+    """
+    probe = path
+    try:
+        while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            if probe == path:
+                return "it is a file, not a folder"
+            return f"a file is in the way: {str(probe)!r}"
+        Path(tempfile.mkdtemp(prefix=".edge-agent-probe-", dir=probe)).rmdir()
+    except OSError as exc:
+        return f"cannot create files in {str(probe)!r}: {exc.strerror or exc}"
+    return None
+
+
+def store_problems(config: Config) -> list[Problem]:
+    """The state folder (outbox, overlay, models) and a separately placed outbox file."""
+    problems: list[Problem] = []
+    store = config.store.path
+    reason = folder_problem(store)
+    if reason:
+        problems.append((("store", "path"), f"folder {str(store)!r} cannot be written: {reason}"))
+    outbox = config.mqtt.outbox.path
+    if outbox is not None:
+        reason = "it is a folder, not a file" if outbox.is_dir() else folder_problem(outbox.parent)
+        if reason:
+            problems.append(
+                (("mqtt", "outbox", "path"), f"file {str(outbox)!r} cannot be written: {reason}")
+            )
+    return problems
+
+
+def source_problems(config: Config) -> list[Problem]:
+    """A URI scheme no source reads (``rtps://``), a video file that is not there.
+
+    A camera that is not plugged in is not a problem: it is retried while the agent runs.
+    """
+    from agent.sources import STREAM_SCHEMES, source_kind
+
+    uri = config.source.uri.strip()
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0].lower()
+        known = [s.removesuffix("://") for s in STREAM_SCHEMES]
+        if scheme not in known:
+            # Only the scheme is shown: the rest of a URL can hold a password.
+            return [
+                (
+                    ("source", "uri"),
+                    f"unknown scheme {scheme + '://'!r}; known: "
+                    + ", ".join(s + "://" for s in known)
+                    + did_you_mean(scheme, known),
+                )
+            ]
+        return []
+    if source_kind(uri) == "file" and not Path(uri).expanduser().exists():
+        return [(("source", "uri"), f"video file or image folder {uri!r} does not exist")]
+    return []
+
+
+def key_problems(config: Config) -> list[Problem]:
+    """Every ``registry.trusted_keys`` file exists and is an Ed25519 public key."""
+    if config.registry is None:
+        return []
+    from agent.registry.signing import load_public_keys
+
+    problems: list[Problem] = []
+    for i, key in enumerate(config.registry.trusted_keys):
+        loc = ("registry", "trusted_keys", i)
+        if not key.is_file():
+            problems.append((loc, f"key file {str(key)!r} does not exist"))
+            continue
+        try:
+            load_public_keys([key])
+        except EdgeAgentError as exc:
+            problems.append((loc, str(exc)))
+    return problems
+
+
+def model_labels(config: Config) -> tuple[str, list[str]]:
+    """The configured model's name and labels, from its card (or, without one, from the model's
+    metadata: the file is opened, nothing is run)."""
+    from agent.detection.card import card_path_for, infer_card, load_card
+
+    path = config.model.path
+    card_path = config.model.card or card_path_for(path)
+    if config.model.card is not None or card_path.is_file():
+        card = load_card(card_path)
+    else:
+        from agent.runtimes import load_runtime
+
+        card = infer_card(path, load_runtime(path, runtime=config.model.runtime))
+    return card.name, list(card.labels)
+
+
+def label_problems(config: Config) -> list[Problem]:
+    """``detection.labels`` and ``homeassistant.labels`` the model cannot report."""
+    if not config.model.path.is_file() or (
+        config.model.card is not None and not config.model.card.is_file()
+    ):
+        return []  # check_files reports the missing file
+    wanted: list[tuple[tuple[int | str, ...], str]] = [
+        (("detection", "labels", i), label) for i, label in enumerate(config.detection.labels)
+    ]
+    if config.homeassistant is not None:
+        wanted += [
+            (("homeassistant", "labels", i), label)
+            for i, label in enumerate(config.homeassistant.labels)
+        ]
+    if not wanted:
+        return []
+    try:
+        name, labels = model_labels(config)
+    except EdgeAgentError as exc:
+        return [(("model", "card" if config.model.card else "path"), str(exc))]
+    return [
+        (
+            loc,
+            f"{label!r} is not a label of the model {name} (its labels: {', '.join(labels)})"
+            + did_you_mean(label, labels),
+        )
+        for loc, label in wanted
+        if label not in labels
+    ]
+
+
+def format_problems(problems: list[Problem], source: str, text: str = "") -> list[str]:
+    """``FILE:LINE: key: problem`` lines."""
+    root = _compose(text)
+    return [
+        f"{where(source, root, loc)}: {'.'.join(str(p) for p in loc)}: {msg}"
+        for loc, msg in problems
+    ]
+
+
+def _compose(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text) if text else None
+    except yaml.YAMLError:
+        return None
+
+
+def preflight(config: Config, config_path: str | Path | None = None) -> None:
+    """Refuse to start (``ConfigError``: exit 78) on what a restart cannot fix: a state folder
+    that cannot be written, an unknown source scheme, a trusted key that does not load."""
+    problems = key_problems(config)
+    if config.split.role != "tail":  # a tail has no camera and keeps no state
+        problems = store_problems(config) + source_problems(config) + problems
+    if not problems:
+        return
+    source, text = "<defaults>", ""
+    if config_path is not None:
+        source = str(config_path)
+        try:
+            text = Path(config_path).read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+    raise ConfigError("\n".join(format_problems(problems, source, text)))
+
+
+def check_config_file(path: Path) -> list[str]:
+    """Every problem ``check-config`` finds in the config at ``path``, one line each (none: ok).
+
+    Environment overrides apply, as they would for ``run``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return [f"{path}: cannot read: {exc.strerror}"]
+    try:
+        config = relative_to(parse_config(text, str(path)), path.resolve().parent)
+    except ConfigError as exc:
+        return str(exc).splitlines()
+    problems = check_files(config, str(path), text)
+    found = key_problems(config) + label_problems(config)
+    if config.split.role != "tail":
+        found = store_problems(config) + source_problems(config) + found
+    return problems + format_problems(found, str(path), text)
