@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,7 @@ def test_invalid_yaml_is_reported_with_line(tmp_path: Path) -> None:
     assert str(cfg) in result.stderr and "not valid YAML" in result.stderr
 
 
-def test_run_refuses_a_bad_config_and_exits_1(tmp_path: Path) -> None:
+def test_run_refuses_a_bad_config_and_exits_78(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("detection:\n  score_threshold: 3\n")
     result = subprocess.run(
@@ -76,11 +77,11 @@ def test_run_refuses_a_bad_config_and_exits_1(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 78  # EX_CONFIG: systemd does not restart it in a loop
     assert f"{cfg}:2: detection.score_threshold" in result.stderr
 
 
-def test_run_with_a_missing_model_exits_1_naming_the_file(tmp_path: Path) -> None:
+def test_run_with_a_missing_model_exits_78_naming_the_file(tmp_path: Path) -> None:
     cfg = tmp_path / "nomodel.yaml"
     cfg.write_text("model:\n  path: /nonexistent/model.onnx\n")
     result = subprocess.run(
@@ -89,7 +90,7 @@ def test_run_with_a_missing_model_exits_1_naming_the_file(tmp_path: Path) -> Non
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 78
     assert "/nonexistent/model.onnx: no such model file" in result.stderr
 
 
@@ -160,3 +161,150 @@ def test_split_head_without_a_peer_is_refused_with_the_line() -> None:
     assert "split.peer" in str(err.value)
     with pytest.raises(ConfigError, match=r"split\.codec"):
         parse_config("split:\n  role: tail\n  codec: jpeg\n", "tail.yaml")
+
+
+# --- check-config: what a user mistypes ---
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    cfg = tmp_path / name
+    # Each config keeps its state to itself (and the store check has a folder it may write).
+    cfg.write_text(text + f"store:\n  path: {tmp_path / 'state'}\n")
+    return cfg
+
+
+def test_check_config_suggests_the_key_that_was_meant(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "mqtt:\n  hots: broker.local\ndetecton:\n  labels: [person]\n")
+    result = check_config(cfg)
+    assert result.returncode == 1
+    assert f"{cfg}:2: mqtt.hots: unknown key (did you mean mqtt.host?)" in result.stderr
+    assert f"{cfg}:3: detecton: unknown key (did you mean detection?)" in result.stderr
+    tls = write(tmp_path, "mqtt:\n  tls:\n    ca_fle: ca.pem\n", "tls.yaml")
+    assert "mqtt.tls.ca_fle: unknown key (did you mean mqtt.tls.ca_file?)" in (
+        check_config(tls).stderr
+    )
+
+
+def test_check_config_refuses_an_unknown_source_scheme(tmp_path: Path, assets: Path) -> None:
+    cfg = write(
+        tmp_path,
+        f"model:\n  path: {assets / 'person-yolov8s.onnx'}\n"
+        "source:\n  uri: rtps://admin:s3cret@192.0.2.7:554/stream1\n",
+    )
+    result = check_config(cfg)
+    assert result.returncode == 1
+    assert f"{cfg}:4: source.uri: unknown scheme 'rtps://'" in result.stderr
+    assert "(did you mean rtsp?)" in result.stderr
+    assert "s3cret" not in result.stderr  # the URL's password is not repeated
+
+
+def test_check_config_reports_a_video_file_that_does_not_exist(
+    tmp_path: Path, assets: Path
+) -> None:
+    cfg = write(
+        tmp_path, f"model:\n  path: {assets / 'person-yolov8s.onnx'}\nsource:\n  uri: clip.mp4\n"
+    )
+    result = check_config(cfg)
+    assert result.returncode == 1
+    expected = f"{cfg}:4: source.uri: video file or image folder '{tmp_path / 'clip.mp4'}'"
+    assert f"{expected} does not exist" in result.stderr
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    assert check_config(cfg).returncode == 0  # a camera or a file that is there: fine
+
+
+def test_check_config_reports_labels_the_model_does_not_have(
+    tmp_path: Path, assets: Path
+) -> None:
+    cfg = write(
+        tmp_path,
+        f"model:\n  path: {assets / 'person-yolov8s.onnx'}\n"
+        "detection:\n  labels: [person, persn]\n"
+        "homeassistant:\n  labels:\n    - car\n",
+    )
+    result = check_config(cfg)
+    assert result.returncode == 1
+    card_labels = load_card_labels(assets / "person-yolov8s.card.yaml")
+    assert f"{cfg}:4: detection.labels.1: 'persn' is not a label of the model" in result.stderr
+    assert "(did you mean person?)" in result.stderr
+    assert f"{cfg}:7: homeassistant.labels.0: 'car' is not a label of the model" in result.stderr
+    assert f"(its labels: {', '.join(card_labels)})" in result.stderr
+    assert "detection.labels.0" not in result.stderr
+
+
+def load_card_labels(card: Path) -> list[str]:
+    from agent.detection.card import load_card
+
+    return list(load_card(card).labels)
+
+
+def test_check_config_reads_labels_from_the_model_when_it_has_no_card(
+    tmp_path: Path, assets: Path
+) -> None:
+    # The same model without its card beside it: the labels come from the ONNX metadata.
+    bare = tmp_path / "bare.onnx"
+    bare.symlink_to(assets / "person-yolov8s.onnx")
+    cfg = write(tmp_path, f"model:\n  path: {bare}\ndetection:\n  labels: [person]\n")
+    result = check_config(cfg)
+    assert result.returncode == 1
+    assert "detection.labels.0: 'person' is not a label of the model bare" in result.stderr
+    assert "(its labels: Normal, Fall)" in result.stderr
+
+
+def test_check_config_reports_a_store_that_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file where a folder should be\n")
+    cfg = tmp_path / "store.yaml"
+    cfg.write_text(f"device_id: cam\nstore:\n  path: {tmp_path / 'blocker' / 'state'}\n")
+    result = check_config(cfg)
+    assert result.returncode == 1
+    assert (
+        f"{cfg}:3: store.path: folder '{tmp_path / 'blocker' / 'state'}' cannot be written: "
+        f"a file is in the way: '{tmp_path / 'blocker'}'"
+    ) in result.stderr
+    assert not (tmp_path / "state").exists()  # checking writes nothing
+
+
+def test_check_config_leaves_nothing_behind_in_a_good_store(tmp_path: Path) -> None:
+    store = tmp_path / "state"
+    store.mkdir()
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text(f"device_id: cam\nstore:\n  path: {store}\n")
+    result = check_config(cfg)
+    assert result.returncode == 0, result.stderr
+    assert list(store.iterdir()) == []
+
+
+def test_check_config_reports_a_private_key_given_as_trusted(tmp_path: Path) -> None:
+    from agent.registry.signing import generate_key
+
+    key, pub = generate_key(tmp_path / "signing.key")
+    cfg = write(
+        tmp_path, f"registry:\n  url: http://127.0.0.1:9/\n  trusted_keys:\n    - {pub}\n    - {key}\n"
+    )
+    result = check_config(cfg)
+    assert result.returncode == 1
+    assert f"{cfg}:5: registry.trusted_keys.1: {key}: not a PEM public key" in result.stderr
+    assert "give its .pub" in result.stderr
+    assert "trusted_keys.0" not in result.stderr
+
+
+def test_an_environment_override_error_names_the_variable(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "mqtt:\n  host: broker.local\n  port: 1883\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", str(cfg)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EDGE_AGENT_MQTT__PORT": "eighty", "EDGE_AGENT_MQTT__HOTS": "x"},
+    )
+    assert result.returncode == 1
+    assert "environment EDGE_AGENT_MQTT__PORT: mqtt.port: " in result.stderr
+    assert "(got 'eighty')" in result.stderr
+    assert "environment EDGE_AGENT_MQTT__HOTS: mqtt.hots: unknown key (did you mean mqtt.host?)" in (
+        result.stderr
+    )
+    assert f"{cfg}:" not in result.stderr  # the file is fine: the variable is not
+
+
+def test_a_whole_section_set_from_the_environment_is_named_too() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("", "c.yaml", environ={"EDGE_AGENT_SERVICE__STALL_S": "-1"})
+    assert str(err.value).startswith("environment EDGE_AGENT_SERVICE__STALL_S: service.stall_s: ")
