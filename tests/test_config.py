@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -308,3 +309,79 @@ def test_a_whole_section_set_from_the_environment_is_named_too() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config("", "c.yaml", environ={"EDGE_AGENT_SERVICE__STALL_S": "-1"})
     assert str(err.value).startswith("environment EDGE_AGENT_SERVICE__STALL_S: service.stall_s: ")
+
+
+# --- the README's table cannot drift from the schema ---
+
+
+def schema_keys() -> dict[str, object]:
+    """Every leaf key of the config (``mqtt.tls.ca_file``) and its default (``...``: none)."""
+    from agent.config import Config
+
+    schema = Config.model_json_schema()
+    defs = schema.get("$defs", {})
+
+    def section(prop: dict[str, object]) -> dict[str, object] | None:
+        for ref in [prop, *prop.get("anyOf", [])]:  # type: ignore[misc]
+            if isinstance(ref, dict) and "$ref" in ref:
+                found: dict[str, object] = defs[str(ref["$ref"]).rsplit("/", 1)[-1]]
+                return found if "properties" in found else None
+        return None
+
+    keys: dict[str, object] = {}
+
+    def walk(node: dict[str, object], prefix: str) -> None:
+        for name, prop in node["properties"].items():  # type: ignore[attr-defined]
+            inner = section(prop)
+            if inner is not None:
+                walk(inner, f"{prefix}{name}.")
+            else:
+                keys[prefix + name] = prop.get("default", ...)
+
+    walk(schema, "")
+    return keys
+
+
+def readme_config_rows() -> dict[str, tuple[str, str]]:
+    """``key -> (default cell, meaning cell)`` from README "Configuration"; a row naming several
+    keys (``mqtt.host``, ``mqtt.port``; ``mqtt.tls.ca_file``, ``cert_file``) counts for each."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, tuple[str, str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        prefix = ""
+        for name in re.findall(r"`([^`]+)`", cells[0]):
+            key = name if "." in name or not prefix else prefix + name
+            prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+            rows[key] = (cells[1], cells[2])
+    return rows
+
+
+def as_yaml(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def test_the_readme_lists_every_config_key_with_its_default() -> None:
+    keys, rows = schema_keys(), readme_config_rows()
+    missing = sorted(set(keys) - set(rows))
+    stale = sorted(set(rows) - set(keys))
+    assert not missing, f"README 'Configuration' lacks rows for {missing}"
+    assert not stale, f"README 'Configuration' lists keys the config does not have: {stale}"
+    wrong = []
+    for key, default in keys.items():
+        cell, meaning = rows[key]
+        assert meaning, key
+        # Defaults that are values, not machine-specific paths, are written as they are.
+        if default in (..., None) or (isinstance(default, str) and "/" in default):
+            continue
+        shown = "[]" if default == [] else as_yaml(default)
+        if f"`{shown}`" not in cell:
+            wrong.append(f"{key}: README says {cell!r}, the config's default is {shown}")
+    assert not wrong, "\n".join(wrong)
