@@ -329,6 +329,19 @@ def _env_origin(
     return None
 
 
+def env_variable(
+    loc: tuple[int | str, ...], environ: dict[str, str] | None = None
+) -> str | None:
+    """The ``EDGE_AGENT_...`` variable that sets the key at ``loc`` (or a section above it)."""
+    env = dict(os.environ) if environ is None else environ
+    origins = {
+        tuple(key[len(ENV_PREFIX) :].lower().split("__")): key
+        for key in env
+        if key.startswith(ENV_PREFIX) and "__" in key
+    }
+    return _env_origin(origins, loc)
+
+
 def known_keys(loc: tuple[int | str, ...]) -> list[str]:
     """The keys the config accepts inside the section at ``loc`` (list indexes skipped)."""
     model: type[BaseModel] | None = Config

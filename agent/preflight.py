@@ -14,7 +14,15 @@ from pathlib import Path
 
 import yaml
 
-from agent.config import Config, check_files, did_you_mean, parse_config, relative_to, where
+from agent.config import (
+    Config,
+    check_files,
+    did_you_mean,
+    env_variable,
+    parse_config,
+    relative_to,
+    where,
+)
 from agent.errors import ConfigError, EdgeAgentError
 
 # A problem: the key it is about (a path into the config) and what is wrong.
@@ -151,12 +159,15 @@ def label_problems(config: Config) -> list[Problem]:
 
 
 def format_problems(problems: list[Problem], source: str, text: str = "") -> list[str]:
-    """``FILE:LINE: key: problem`` lines."""
+    """``FILE:LINE: key: problem`` lines (``environment VAR: key: problem`` for a key an
+    environment variable set)."""
     root = _compose(text)
-    return [
-        f"{where(source, root, loc)}: {'.'.join(str(p) for p in loc)}: {msg}"
-        for loc, msg in problems
-    ]
+    lines = []
+    for loc, msg in problems:
+        var = env_variable(loc)
+        place = f"environment {var}" if var else where(source, root, loc)
+        lines.append(f"{place}: {'.'.join(str(p) for p in loc)}: {msg}")
+    return lines
 
 
 def _compose(text: str) -> yaml.Node | None:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -314,24 +315,24 @@ def test_a_whole_section_set_from_the_environment_is_named_too() -> None:
 # --- the README's table cannot drift from the schema ---
 
 
-def schema_keys() -> dict[str, object]:
+def schema_keys() -> dict[str, Any]:
     """Every leaf key of the config (``mqtt.tls.ca_file``) and its default (``...``: none)."""
     from agent.config import Config
 
     schema = Config.model_json_schema()
-    defs = schema.get("$defs", {})
+    defs: dict[str, Any] = schema.get("$defs", {})
 
-    def section(prop: dict[str, object]) -> dict[str, object] | None:
-        for ref in [prop, *prop.get("anyOf", [])]:  # type: ignore[misc]
-            if isinstance(ref, dict) and "$ref" in ref:
-                found: dict[str, object] = defs[str(ref["$ref"]).rsplit("/", 1)[-1]]
+    def section(prop: dict[str, Any]) -> dict[str, Any] | None:
+        for ref in [prop, *prop.get("anyOf", [])]:
+            if "$ref" in ref:
+                found: dict[str, Any] = defs[ref["$ref"].rsplit("/", 1)[-1]]
                 return found if "properties" in found else None
         return None
 
-    keys: dict[str, object] = {}
+    keys: dict[str, Any] = {}
 
-    def walk(node: dict[str, object], prefix: str) -> None:
-        for name, prop in node["properties"].items():  # type: ignore[attr-defined]
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for name, prop in node["properties"].items():
             inner = section(prop)
             if inner is not None:
                 walk(inner, f"{prefix}{name}.")

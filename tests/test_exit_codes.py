@@ -136,6 +136,15 @@ def test_a_store_that_cannot_be_written_exits_78_with_one_line(
     assert f"{config}:" in line  # the file and line that set it
 
 
+def test_a_store_set_from_the_environment_is_reported_under_its_variable(
+    run_agent, write_config, assets, tmp_path
+) -> None:
+    store, _ = _store_blocked_by_a_file(tmp_path)
+    config = write_config({"model": _model(assets)})
+    line = refused(run_agent, config, env={"EDGE_AGENT_STORE__PATH": str(store)})
+    assert f"environment EDGE_AGENT_STORE__PATH: store.path: folder {str(store)!r}" in line
+
+
 def test_an_outbox_file_that_cannot_be_written_exits_78(
     run_agent, write_config, assets, tmp_path
 ) -> None:
