@@ -65,10 +65,11 @@ def store_problems(config: Config) -> list[Problem]:
     return problems
 
 
-def source_problems(config: Config) -> list[Problem]:
-    """A URI scheme no source reads (``rtps://``), a video file that is not there.
+def source_problems(config: Config, *, files: bool = True) -> list[Problem]:
+    """A URI scheme no source reads (``rtps://``), and (``files``) a video file that is not there.
 
-    A camera that is not plugged in is not a problem: it is retried while the agent runs.
+    A camera that is not plugged in is not a problem, and neither is a missing file for ``run``:
+    both are retried while the agent runs (a file may be copied in later).
     """
     from agent.sources import STREAM_SCHEMES, source_kind
 
@@ -87,7 +88,7 @@ def source_problems(config: Config) -> list[Problem]:
                 )
             ]
         return []
-    if source_kind(uri) == "file" and not Path(uri).expanduser().exists():
+    if files and source_kind(uri) == "file" and not Path(uri).expanduser().exists():
         return [(("source", "uri"), f"video file or image folder {uri!r} does not exist")]
     return []
 
@@ -182,7 +183,7 @@ def preflight(config: Config, config_path: str | Path | None = None) -> None:
     that cannot be written, an unknown source scheme, a trusted key that does not load."""
     problems = key_problems(config)
     if config.split.role != "tail":  # a tail has no camera and keeps no state
-        problems = store_problems(config) + source_problems(config) + problems
+        problems = store_problems(config) + source_problems(config, files=False) + problems
     if not problems:
         return
     source, text = "<defaults>", ""
