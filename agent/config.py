@@ -1,5 +1,6 @@
 """The config file: pydantic models of every section, YAML loading, environment overrides,
-and error reports that name the file, line and key."""
+and error reports that name the file, line and key (or the environment variable), with the key
+that was probably meant when one is unknown."""
 
 from __future__ import annotations
 
@@ -299,9 +300,9 @@ def _env_overrides(
     Also returns which variable set which key, so that an error names the variable."""
     origins: dict[tuple[str, ...], str] = {}
     for key, raw in sorted(environ.items()):
-        if not key.startswith(ENV_PREFIX) or "__" not in key:
+        path = _env_path(key)
+        if path is None:
             continue
-        path = key[len(ENV_PREFIX) :].lower().split("__")
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -314,8 +315,15 @@ def _env_overrides(
                 f"environment {key}: {'.'.join(path)}: not a valid YAML value: "
                 f"{getattr(exc, 'problem', exc)}"
             ) from exc
-        origins[tuple(path)] = key
+        origins[path] = key
     return data, origins
+
+
+def _env_path(variable: str) -> tuple[str, ...] | None:
+    """``EDGE_AGENT_MQTT__HOST`` -> ``("mqtt", "host")``; None for other variables."""
+    if not variable.startswith(ENV_PREFIX) or "__" not in variable:
+        return None
+    return tuple(variable[len(ENV_PREFIX) :].lower().split("__"))
 
 
 def _env_origin(
@@ -333,12 +341,8 @@ def env_variable(
     loc: tuple[int | str, ...], environ: dict[str, str] | None = None
 ) -> str | None:
     """The ``EDGE_AGENT_...`` variable that sets the key at ``loc`` (or a section above it)."""
-    env = dict(os.environ) if environ is None else environ
-    origins = {
-        tuple(key[len(ENV_PREFIX) :].lower().split("__")): key
-        for key in env
-        if key.startswith(ENV_PREFIX) and "__" in key
-    }
+    env = os.environ if environ is None else environ
+    origins = {path: key for key in env if (path := _env_path(key)) is not None}
     return _env_origin(origins, loc)
 
 
