@@ -46,11 +46,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cuts", default="input,c24,c46,output")
-    parser.add_argument("--links", default="5,20,100", help="Mbit/s")
-    parser.add_argument("--frames", type=int, default=6)
-    parser.add_argument("--codec", default="int8")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--cuts", default="input,c24,c46,output", help="cut ids, comma-separated")
+    parser.add_argument("--links", default="5,20,100", help="simulated links in Mbit/s")
+    parser.add_argument("--frames", type=int, default=6, help="frames per cut and link")
+    parser.add_argument("--codec", default="int8", help="coding of the cut tensors")
     args = parser.parse_args()
 
     import cv2
