@@ -42,14 +42,12 @@ def measure_rss_mb(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m agent.compress.rss", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="python -m agent.compress.rss")
     p.add_argument("model", help="model file")
     p.add_argument("data", help="video, image folder or image")
     p.add_argument("frames", nargs="+", help="image names, or frame numbers of a video")
     p.add_argument("--card", help="model card (default: <model>.card.yaml)")
-    p.add_argument("--threads", type=int, default=2, help="inference threads")
+    p.add_argument("--threads", type=int, default=2, help="inference threads (default: 2)")
     args = p.parse_args(argv)
     from agent.compress.frames import read_frames
     from agent.detection.detector import Detector
