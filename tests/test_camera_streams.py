@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import SourceConfig
+from agent.localbroker import LocalBroker
 from agent.sources import Frame, FrameSource, SourceStatus, StreamSource, open_source
-from tests.conftest import MEDIA
+from tests.conftest import MEDIA, AgentProcess, Subscriber
 from tests.stream_servers import MjpegServer, RtspServer, SilentPort, free_port, video_frames
 
 # what the issue asks: detections again within 5 s of a camera coming back
@@ -304,3 +305,57 @@ def test_retry_log_says_the_first_failure_each_new_reason_and_a_summary_not_ever
     # every try is still in the debug log, but the warnings are a handful
     assert len(debug) + len(warnings) == source.status.failures
     assert len(warnings) <= 2 + len(summaries) < source.status.failures / 5
+
+
+def test_agent_detects_again_within_5_s_of_its_camera_coming_back_and_says_why_it_was_away(
+    broker: LocalBroker,
+    subscriber: Callable[..., Subscriber],
+    write_config: Callable[..., Path],
+    run_agent: Callable[..., AgentProcess],
+    assets: Path,
+) -> None:
+    faces = video_frames(MEDIA / "carphone_pristine.mp4", count=20, width=176)
+    sub = subscriber("edge-agent/cam-test/#")
+    with MjpegServer(faces) as camera:
+        config = {
+            "device_id": "cam-test",
+            # the retry settings of a default config
+            "source": {"uri": camera.url, "fps": 10},
+            "model": {"path": str(assets / "face-short-range.tflite"), "threads": 1},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "keepalive": 5},
+            "publish": {"mode": "every_frame"},
+        }
+        agent = run_agent(write_config(config))
+        first = sub.wait_for("/detections", timeout=60)
+        assert any(o["label"] == "face" for o in first["objects"])
+        camera.stop()
+        away = sub.wait_for(
+            "/status",
+            lambda s: (
+                (s.get("source") or {}).get("state") == "retrying"
+                and "connection refused by 127.0.0.1:"
+                in ((s.get("source") or {}).get("last_error") or "")
+            ),
+            timeout=20,
+        )
+        assert away["state"] == "online"
+        time.sleep(OUTAGE_S)
+        camera.start()
+        restarted, restarted_wall = time.monotonic(), time.time()
+        back = sub.wait_for(
+            "/detections", lambda b: b["ts"] >= restarted_wall, timeout=3 * RESUME_DEADLINE_S
+        )
+        resumed_after = time.monotonic() - restarted
+        assert any(o["label"] == "face" for o in back["objects"])
+        assert resumed_after < RESUME_DEADLINE_S
+        # the retained status tells the camera is back (and what failed last)
+        late = subscriber("edge-agent/cam-test/status")
+        status = late.wait_for("/status")
+        assert status["source"]["state"] == "connected", status
+        assert "connection refused" in status["source"]["last_error"]
+        print(f"agent: detections again {resumed_after:.2f} s after the camera came back")
+        output = agent.output()
+        assert agent.proc.poll() is None, output
+    # neither OpenCV's nor FFmpeg's own lines, and our retry line not once per try
+    assert "[ WARN" not in output and "[tcp @" not in output, output
+    assert output.count("connection refused by") <= 2, output
