@@ -10,6 +10,7 @@ the sockets that make each network failure a camera shows: refused, silent, not 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -230,6 +231,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_PACKAGES = "gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good python3-gi"
 
 
+@functools.cache
 def rtsp_server_missing() -> str | None:
     """Why the RTSP server cannot run here, or None when it can."""
     if not Path(SYSTEM_PYTHON).is_file():

@@ -250,6 +250,27 @@ def test_a_stream_that_cannot_open_says_why(
     assert "WARN" not in err and "[rtsp @" not in err and "[tcp @" not in err, err
 
 
+@pytest.mark.parametrize("path", ["/private", "/nope.mjpg"])
+def test_the_reason_never_shows_the_password_or_the_query_of_the_url(
+    path: str, frames: list[bytes], started: list[FrameSource]
+) -> None:
+    with MjpegServer(frames) as camera:
+        url = f"http://admin:hunter2@127.0.0.1:{camera.port}{path}?token=s3cret"
+        source = StreamSource(url, open_timeout_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.1)
+        started.append(source)
+        source.start()
+        assert wait_until(lambda: source.status.failures >= 1, timeout=10), source.status
+        status = source.status
+        source.stop()
+    assert status.error_kind == ("unauthorized" if path == "/private" else "not_found")
+    if path == "/private":
+        assert "the user or password in the URL is not accepted" in (status.last_error or "")
+    assert path in (status.last_error or "")
+    reason = status.last_error or ""
+    assert "hunter2" not in reason and "s3cret" not in reason, reason
+    assert "hunter2" not in str(status.to_dict())
+
+
 def test_a_file_that_opens_but_has_no_frame_is_not_a_video(
     tmp_path: Path, started: list[FrameSource]
 ) -> None:

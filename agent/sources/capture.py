@@ -104,7 +104,7 @@ class FileSource(CaptureSource):
     def _open_error(self) -> SourceError:
         return SourceUnavailableError(
             Problem.NOT_VIDEO,
-            f"cannot open {self.path}: not a video, or its format is not supported",
+            f"not a video: cannot open {self.path} (or its format is not supported)",
         )
 
     def _grab(self) -> bool:
