@@ -211,7 +211,7 @@ _RTSP_SCRIPT = textwrap.dedent(
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
         "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=160,height=120,"
-        "framerate=10/1,format=I420 ! jpegenc ! rtpjpegpay name=pay0 pt=26 )"
+        "framerate=25/1,format=I420 ! jpegenc ! rtpjpegpay name=pay0 pt=26 )"
     )
     factory.set_shared(True)
     server.get_mount_points().add_factory("/cam", factory)
