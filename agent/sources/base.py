@@ -433,7 +433,9 @@ class FrameSource:
             self._status.error_kind = kind.value
             self._retry_at = time.monotonic() + delay
             snapshot = self._snapshot()
-        self.retry_log.failed(reason, failures, delay, exc_info=not isinstance(exc, SourceError))
+        self.retry_log.failed(
+            reason, kind.value, failures, delay, exc_info=not isinstance(exc, SourceError)
+        )
         self._notify(snapshot)
         self._stop.wait(delay)
         self.heartbeat = time.monotonic()

@@ -53,6 +53,7 @@ class CaptureSource(FrameSource):
         raise NotImplementedError
 
     def _open_error(self) -> SourceError:
+        """The error to raise when the capture did not open: what is wrong, as far as known."""
         return SourceUnavailableError(Problem.OTHER, "cannot open")
 
     def _grab_failed(self) -> bool:

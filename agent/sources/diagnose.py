@@ -106,6 +106,11 @@ def _connect(ep: Endpoint, timeout_s: float) -> socket.socket:
             f"connection refused by {where}: nothing listens there "
             "(camera off or restarting, or wrong port)",
         ) from exc
+    except ConnectionResetError as exc:
+        raise SourceUnavailableError(
+            Problem.REFUSED,
+            f"connection reset by {where}: its server is going down or restarting",
+        ) from exc
     except TimeoutError as exc:
         raise SourceUnavailableError(
             Problem.TIMEOUT,

@@ -42,8 +42,9 @@ class Backoff:
 
 
 class RetryLog:
-    """The log lines of one source's failures: the first of an outage, each reason not seen yet
-    in it, then one summary every ``summary_s``; every try is still logged at DEBUG."""
+    """The log lines of one source's failures: the first of an outage, each kind of failure not
+    seen yet in it (``refused``, ``not_found``, ...; for ``other`` each new text), then one summary
+    every ``summary_s``; every try is still logged at DEBUG."""
 
     def __init__(self, name: str, summary_s: float = 60.0) -> None:
         self.name = name
@@ -52,18 +53,21 @@ class RetryLog:
         self._last_line = 0.0
         self._reasons: set[str] = set()
 
-    def failed(self, reason: str, failures: int, delay_s: float, exc_info: bool = False) -> None:
+    def failed(
+        self, reason: str, kind: str, failures: int, delay_s: float, exc_info: bool = False
+    ) -> None:
         now = time.monotonic()
+        key = reason if kind == "other" else kind
         if self._since is None:
             self._since = now
             self._last_line = now
-            self._reasons = {reason}
+            self._reasons = {key}
             log.warning(
                 "source %s: %s; retrying in %.1f s", self.name, reason, delay_s, exc_info=exc_info
             )
             return
-        if reason not in self._reasons:
-            self._reasons.add(reason)
+        if key not in self._reasons:
+            self._reasons.add(key)
             self._last_line = now
             log.warning(
                 "source %s: now %s (failure %d); retrying in %.1f s",
