@@ -7,7 +7,11 @@ deliver again within seconds of the camera coming back.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -381,3 +385,29 @@ def test_agent_detects_again_within_5_s_of_its_camera_coming_back_and_says_why_i
     # neither OpenCV's nor FFmpeg's own lines, and our retry line not once per try
     assert "[ WARN" not in output and "[tcp @" not in output, output
     assert output.count("connection refused by") <= 2, output
+
+
+def test_a_fresh_process_keeps_opencv_and_ffmpeg_lines_out_of_its_output() -> None:
+    # a process of its own, so nothing this test process set up beforehand counts
+    script = textwrap.dedent(
+        f"""
+        import logging, time
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        from agent.sources import open_source
+        for uri in ("rtsp://127.0.0.1:{free_port()}/cam", "http://127.0.0.1:{free_port()}/v"):
+            source = open_source(uri, backoff_initial_s=0.01, backoff_max_s=0.02)
+            source.start()
+            while source.status.failures < 5:
+                time.sleep(0.01)
+            source.stop()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    # per source: its first failure, and no line of OpenCV's or FFmpeg's own
+    assert [line.split(":")[0] for line in lines] == ["WARNING source rtsp", "WARNING source http"]
+    assert all("connection refused by 127.0.0.1:" in line for line in lines), lines
