@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.config import parse_config
+from agent.errors import ConfigError
 from agent.sources import (
     CameraSource,
     FileSource,
@@ -433,3 +435,10 @@ def test_status_to_dict_has_the_documented_keys(video: Path) -> None:
         "next_retry_s",
     } <= set(data)
     assert data["state"] == "connected"
+
+
+def test_a_retry_cap_below_the_first_wait_is_a_config_error_naming_the_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("source:\n  backoff_initial_s: 5\n  backoff_max_s: 1\n", "cam.yaml")
+    assert "cam.yaml" in str(err.value) and "backoff_max_s (1)" in str(err.value)
+    assert "backoff_initial_s (5)" in str(err.value)
