@@ -47,12 +47,26 @@ class SourceConfig(Section):
         True, description="play files at their own frame rate, as a camera would deliver them"
     )
     backoff_initial_s: float = Field(0.5, gt=0, description="first retry delay after a failure")
-    backoff_max_s: float = Field(30.0, gt=0, description="cap of the exponential retry delay")
+    backoff_max_s: float = Field(
+        2.0,
+        gt=0,
+        description="cap of the exponential retry delay: a source is back within about this long "
+        "of its camera coming back",
+    )
 
     @field_validator("uri", mode="before")
     @classmethod
     def _uri_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> SourceConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(
+                f"backoff_max_s ({self.backoff_max_s:g}) must be at least "
+                f"backoff_initial_s ({self.backoff_initial_s:g})"
+            )
+        return self
 
 
 class ModelConfig(Section):

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.config import parse_config
+from agent.errors import ConfigError
 from agent.sources import (
     CameraSource,
     FileSource,
@@ -261,7 +263,8 @@ def test_bad_network_url_goes_to_retrying_without_crashing(started: list[FrameSo
     source.start()
     assert wait_until(lambda: source.status.failures >= 2)
     assert source.status.state == "retrying"
-    assert "cannot open stream" in (source.status.last_error or "")
+    assert source.status.error_kind == "refused"
+    assert "connection refused by 127.0.0.1:9" in (source.status.last_error or "")
     assert source.read(timeout=0.05) is None
     start = time.monotonic()
     source.stop()
@@ -300,7 +303,8 @@ def test_silent_server_times_out_instead_of_hanging(started: list[FrameSource]) 
         # FFmpeg's own timeouts would leave it hanging far longer than this
         assert wait_until(lambda: source.status.failures >= 1, timeout=4.0)
         assert source.status.state == "retrying"
-        assert "no answer within 0.5 s" in (source.status.last_error or "")
+        assert source.status.error_kind == "timeout"
+        assert "accepts connections but did not answer" in (source.status.last_error or "")
         assert accepted, "the source never connected to the server"
         source.stop()
     finally:
@@ -431,3 +435,10 @@ def test_status_to_dict_has_the_documented_keys(video: Path) -> None:
         "next_retry_s",
     } <= set(data)
     assert data["state"] == "connected"
+
+
+def test_a_retry_cap_below_the_first_wait_is_a_config_error_naming_the_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("source:\n  backoff_initial_s: 5\n  backoff_max_s: 1\n", "cam.yaml")
+    assert "cam.yaml" in str(err.value) and "backoff_max_s (1)" in str(err.value)
+    assert "backoff_initial_s (5)" in str(err.value)

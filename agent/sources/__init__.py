@@ -49,7 +49,7 @@ def open_source(
     loop: bool = False,
     realtime: bool = True,
     backoff_initial_s: float = 0.5,
-    backoff_max_s: float = 30.0,
+    backoff_max_s: float = 2.0,
     on_status: StatusCallback | None = None,
 ) -> FrameSource:
     """The source for ``uri``, not started yet (``start()`` it, or use it in a ``with``).

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import SourceError
+from agent.sources.diagnose import Problem, SourceUnavailableError
+from agent.sources.retry import Backoff, RetryLog
 
 __all__ = [
     "Frame",
@@ -52,6 +53,8 @@ class SourceStatus:
     ``state`` is one of ``starting``, ``connected``, ``retrying``, ``ended``, ``stopped``.
     ``dropped`` counts frames replaced in the mailbox before the consumer took them;
     ``skipped`` counts frames passed over (not decoded) to keep under the ``fps`` cap.
+    ``last_error`` says what the last failure was (kept after a recovery); ``error_kind`` is its
+    ``Problem`` value: ``refused``, ``timeout``, ``not_found``, ``not_video``, ...
     """
 
     state: str
@@ -62,6 +65,7 @@ class SourceStatus:
     last_error: str | None = None
     next_retry_s: float | None = None
     skipped: int = 0
+    error_kind: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -135,13 +139,12 @@ class FrameSource:
         loop: bool = False,
         realtime: bool = True,
         backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff_max_s: float = 2.0,
         on_status: StatusCallback | None = None,
     ) -> None:
         if fps < 0:
             raise ValueError(f"fps must be >= 0, got {fps}")
-        if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
-            raise ValueError("backoff needs 0 < backoff_initial_s <= backoff_max_s")
+        self.backoff = Backoff(backoff_initial_s, backoff_max_s)
         self.uri = uri
         self.fps = float(fps)
         self._replan = False
@@ -154,6 +157,10 @@ class FrameSource:
         self.backoff_max_s = backoff_max_s
         self.on_status = on_status
         self._name = redact_uri(uri)
+        self.retry_log = RetryLog(self._name)
+        # monotonic time the reader thread last went round its loop (or woke from a retry wait):
+        # a supervisor reads it to tell a live reader from a dead or stuck one
+        self.heartbeat = time.monotonic()
 
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -282,6 +289,7 @@ class FrameSource:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                self.heartbeat = time.monotonic()
                 if not self._opened:
                     try:
                         self._busy_since = time.monotonic()
@@ -328,6 +336,11 @@ class FrameSource:
         now = time.monotonic()
         self._next_tick = now
         self._next_due = now
+
+    def _retrying(self) -> bool:
+        """The last attempt failed (and no frame came since): a reopen may check cheaply first."""
+        with self._cond:
+            return self._status.failures > 0
 
     def stalled_for(self) -> float:
         """Seconds the reader has been stuck in one open/grab/decode call (0 when not in one)."""
@@ -400,35 +413,32 @@ class FrameSource:
             self._status.failures = 0
             self._retry_at = None
             snapshot = self._snapshot()
-        if recovered:
-            log.info("source %s: recovered after %d failed attempts", self._name, recovered)
-        else:
-            log.info("source %s: connected", self._name)
+        self.retry_log.recovered(recovered)
         self._notify(snapshot)
 
     def _failed(self, exc: Exception) -> None:
         self._close_quietly()
-        reason = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, SourceError):
+            reason = str(exc)
+            kind = exc.problem if isinstance(exc, SourceUnavailableError) else Problem.OTHER
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+            kind = Problem.OTHER
         with self._cond:
             self._status.failures += 1
             failures = self._status.failures
-            base = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(failures - 1, 62))
-            # jitter keeps many devices that lost the same server from retrying in lockstep
-            delay = min(self.backoff_max_s, base * random.uniform(0.9, 1.1))
+            delay = self.backoff.delay(failures)
             self._status.state = "retrying"
             self._status.last_error = reason
+            self._status.error_kind = kind.value
             self._retry_at = time.monotonic() + delay
             snapshot = self._snapshot()
-        log.warning(
-            "source %s: %s; retrying in %.1f s (failure %d)",
-            self._name,
-            reason,
-            delay,
-            failures,
-            exc_info=not isinstance(exc, SourceError),
+        self.retry_log.failed(
+            reason, kind.value, failures, delay, exc_info=not isinstance(exc, SourceError)
         )
         self._notify(snapshot)
         self._stop.wait(delay)
+        self.heartbeat = time.monotonic()
 
     def _set_ended(self) -> None:
         with self._cond:

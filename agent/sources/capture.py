@@ -6,6 +6,7 @@ Each class only says how to open its capture and what a failed grab means for it
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ import numpy.typing as npt
 
 from agent.errors import SourceError
 from agent.sources.base import FrameSource, SourceOptions, to_bgr
+from agent.sources.diagnose import Problem, SourceUnavailableError, diagnose, reach
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -23,6 +25,20 @@ __all__ = ["CameraSource", "CaptureSource", "FileSource", "StreamSource"]
 
 # Files whose header gives no usable rate are replayed at this one.
 DEFAULT_FILE_FPS = 25.0
+
+
+def quiet_video_backends() -> None:
+    """Keep OpenCV's and FFmpeg's own warnings (one or two lines per failed open, so per retry)
+    out of the log: the source says what failed itself. An ``OPENCV_LOG_LEVEL`` or
+    ``OPENCV_FFMPEG_LOGLEVEL`` set in the environment is left as it is."""
+    # read by OpenCV when it first opens an FFmpeg capture; -8 is AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        # OpenCV reads that variable only when it loads, so set the level through its API
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+quiet_video_backends()
 
 
 class CaptureSource(FrameSource):
@@ -36,8 +52,9 @@ class CaptureSource(FrameSource):
         """A new ``cv2.VideoCapture``; raise ``SourceError`` when it cannot even be tried."""
         raise NotImplementedError
 
-    def _open_error(self) -> str:
-        return "cannot open"
+    def _open_error(self) -> SourceError:
+        """The error to raise when the capture did not open: what is wrong, as far as known."""
+        return SourceUnavailableError(Problem.OTHER, "cannot open")
 
     def _grab_failed(self) -> bool:
         """A grab returned nothing: False for a normal end, or raise ``SourceError``."""
@@ -47,7 +64,7 @@ class CaptureSource(FrameSource):
         cap = self._make_capture()
         if not cap.isOpened():
             cap.release()
-            raise SourceError(self._open_error())
+            raise self._open_error()
         self._cap = cap
 
     def _grab(self) -> bool:
@@ -79,14 +96,17 @@ class FileSource(CaptureSource):
 
     def _make_capture(self) -> Any:
         if not self.path.exists():
-            raise SourceError(f"no such file: {self.path}")
+            raise SourceUnavailableError(Problem.NOT_FOUND, f"no such file: {self.path}")
         if not self.path.is_file():
-            raise SourceError(f"not a file: {self.path}")
+            raise SourceUnavailableError(Problem.NOT_VIDEO, f"not a file: {self.path}")
         self._grabbed = 0
         return cv2.VideoCapture(str(self.path))
 
-    def _open_error(self) -> str:
-        return f"cannot open {self.path}: not a video, or its format is not supported"
+    def _open_error(self) -> SourceError:
+        return SourceUnavailableError(
+            Problem.NOT_VIDEO,
+            f"not a video: cannot open {self.path} (or its format is not supported)",
+        )
 
     def _grab(self) -> bool:
         if super()._grab():
@@ -97,7 +117,9 @@ class FileSource(CaptureSource):
     def _grab_failed(self) -> bool:
         if self._grabbed == 0:
             # An empty or undecodable file would otherwise "end" at once, and loop in a spin.
-            raise SourceError(f"no frame could be read from {self.path}")
+            raise SourceUnavailableError(
+                Problem.NOT_VIDEO, f"not a video: no frame could be read from {self.path}"
+            )
         return False
 
     def _realtime_fps(self) -> float:
@@ -119,18 +141,27 @@ class CameraSource(CaptureSource):
 
     def _make_capture(self) -> Any:
         if isinstance(self.device, str) and not Path(self.device).exists():
-            raise SourceError(f"no such device: {self.device}")
+            raise SourceUnavailableError(Problem.NOT_FOUND, f"no such device: {self.device}")
         return cv2.VideoCapture(self.device, cv2.CAP_V4L2)
 
-    def _open_error(self) -> str:
-        return f"cannot open camera {self.device}: absent, busy, or no permission"
+    def _open_error(self) -> SourceError:
+        return SourceUnavailableError(
+            Problem.OTHER, f"cannot open camera {self.device}: absent, busy, or no permission"
+        )
 
     def _grab_failed(self) -> bool:
-        raise SourceError(f"camera {self.device} stopped delivering frames (unplugged?)")
+        raise SourceUnavailableError(
+            Problem.STOPPED, f"camera {self.device} stopped delivering frames (unplugged?)"
+        )
 
 
 class StreamSource(CaptureSource):
-    """An RTSP or HTTP(S) stream through FFmpeg, with open and read timeouts."""
+    """An RTSP or HTTP(S) stream through FFmpeg, with open and read timeouts.
+
+    When it cannot open, a probe of the stream's own host says why (``diagnose``). While it is
+    retrying, a TCP connect with ``probe_timeout_s`` goes first, so a camera that is off costs a
+    second, not FFmpeg's whole ``open_timeout_s``, and FFmpeg only starts when something listens.
+    """
 
     def __init__(
         self,
@@ -138,11 +169,18 @@ class StreamSource(CaptureSource):
         *,
         open_timeout_s: float = 5.0,
         read_timeout_s: float = 5.0,
+        probe_timeout_s: float = 1.0,
         **kwargs: Unpack[SourceOptions],
     ) -> None:
         super().__init__(uri, **kwargs)
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.probe_timeout_s = probe_timeout_s
+
+    def _open(self) -> None:
+        if self._retrying():
+            reach(self.uri, self.probe_timeout_s)
+        super()._open()
 
     def _make_capture(self) -> Any:
         # Without these FFmpeg waits on a silent server for its own timeouts (30 s and more).
@@ -155,13 +193,11 @@ class StreamSource(CaptureSource):
             params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(self.read_timeout_s * 1000)]
         return cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, params)
 
-    def _open_error(self) -> str:
-        return (
-            f"cannot open stream: no answer within {self.open_timeout_s:g} s, "
-            "connection refused, or not a video stream"
-        )
+    def _open_error(self) -> SourceError:
+        return diagnose(self.uri, self.probe_timeout_s)
 
     def _grab_failed(self) -> bool:
-        raise SourceError(
-            f"stream stopped delivering frames (closed, or silent for {self.read_timeout_s:g} s)"
+        raise SourceUnavailableError(
+            Problem.STOPPED,
+            f"stream stopped delivering frames (closed, or silent for {self.read_timeout_s:g} s)",
         )

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from agent.errors import SourceError
 from agent.sources.base import FrameSource, SourceOptions, to_bgr
+from agent.sources.diagnose import Problem, SourceUnavailableError
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -50,7 +51,7 @@ class FolderSource(FrameSource):
 
     def _open(self) -> None:
         if not self.path.is_dir():
-            raise SourceError(f"no such folder: {self.path}")
+            raise SourceUnavailableError(Problem.NOT_FOUND, f"no such folder: {self.path}")
         try:
             files = [
                 p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
@@ -58,7 +59,9 @@ class FolderSource(FrameSource):
         except OSError as exc:
             raise SourceError(f"cannot list {self.path}: {exc.strerror or exc}") from exc
         if not files:
-            raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {self.path}")
+            raise SourceUnavailableError(
+                Problem.NOT_VIDEO, f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {self.path}"
+            )
         files.sort(key=lambda p: p.name)
         self._files = files
         names = [p.name for p in files]
@@ -69,8 +72,9 @@ class FolderSource(FrameSource):
             if self._readable_in_pass == 0:
                 # Start the next attempt from the top, where a readable image may have appeared.
                 self._last = None
-                raise SourceError(
-                    f"none of the {len(self._files)} images in {self.path} is readable"
+                raise SourceUnavailableError(
+                    Problem.NOT_VIDEO,
+                    f"none of the {len(self._files)} images in {self.path} is readable",
                 )
             return False
         self._current = self._files[self._index]
