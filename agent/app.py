@@ -29,7 +29,7 @@ from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
 from agent.reporting import Discovery, model_brief, model_message, status_extra, status_line
 from agent.service import Notifier
-from agent.serving import ModelSlot, RuntimeSpec, ServingInfo, serve_start_model
+from agent.serving import ModelSlot, RuntimeSpec, ServingInfo
 from agent.snapshots import Snapshots
 from agent.sources import FrameSource, SourceStatus, open_source
 
@@ -91,11 +91,14 @@ class Agent:
             self.updater = Updater(
                 self.config.registry,
                 self.config.store.path,
-                slot=self.slot,
+                self.slot,
+                configured=(self.config.model.path, self.config.model.card),
+                watched_labels=lambda: self.config.detection.labels,
+                recent_frames=lambda: list(self._recent),
+                frame_stats=lambda: self.pipeline.stats.snapshot() if self.pipeline else {},
                 on_change=self._on_update_change,
                 on_done=self._on_update_done,
             )
-            self.updater.recover()
         self.commands = CommandProcessor(
             CommandTargets(
                 model=self.slot,
@@ -228,8 +231,12 @@ class Agent:
 
     def start(self) -> None:
         c = self.config
-        stored = self.updater.serving() if self.updater is not None else None
-        serve_start_model(self.slot, c.model, stored[:2] if stored is not None else None)
+        if self.updater is not None:
+            # Recovers an interrupted update, imports the configured model into the store, and
+            # serves the model last committed there (through the slot).
+            self.updater.load_serving()
+        else:
+            self.slot.serve(self.slot.load(c.model.path, card=c.model.card), origin="config")
         for note in self.slot.detector.card.assumed:
             log.info("model card assumed: %s", note)
         self.publisher.subscribe(f"{self.topics.base}/cmd/#")
@@ -259,8 +266,6 @@ class Agent:
         self.source.start()
         self.pipeline.start()
         if self.updater is not None:
-            self.updater.pipeline = self.pipeline
-            self.updater.recent_frames = lambda: list(self._recent)
             self.updater.start()
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:

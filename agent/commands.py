@@ -92,6 +92,7 @@ class ModelUpdateCommand(_Command):
     version: str | None = None
     channel: str | None = None
     allow_downgrade: bool = False
+    replace: bool = False  # serve another model name, or labels not covering detection.labels
 
 
 class ModelRollbackCommand(_Command):
@@ -126,7 +127,7 @@ class Updates(Protocol):
 
     def request(self, job: Job) -> None: ...
 
-    def rollback(self, command_id: str) -> dict[str, Any]: ...
+    def rollback(self, command_id: str | None = None) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -181,11 +182,12 @@ def _model_update(t: CommandTargets, cmd: ModelUpdateCommand) -> None:
 
     updates.request(
         Job(
-            cmd.name or updates.config.model,
+            cmd.name,  # None: the model in service
             cmd.version or "latest",
             cmd.channel or updates.config.channel,
-            cmd.allow_downgrade,
-            cmd.id,
+            allow_downgrade=cmd.allow_downgrade,
+            command_id=cmd.id,
+            replace=cmd.replace,
         )
     )
 

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from agent.detection import Detector
 from agent.detection.detector import file_sha256
-from agent.errors import EdgeAgentError
 from agent.runtimes import load_runtime
 
 if TYPE_CHECKING:
@@ -251,20 +250,3 @@ class ModelSlot:
         if detector is not None:
             detector.close()
 
-
-def serve_start_model(
-    slot: ModelSlot,
-    model: ModelConfig,
-    stored: tuple[Path, Path] | None = None,
-) -> None:
-    """Serve the store's current model (``stored``: model file and card; it passed every check)
-    when there is one and it loads, else the configured model file (whose errors propagate: a
-    start without a model is a config problem)."""
-    if stored is not None:
-        path, card = stored
-        try:
-            slot.serve(slot.load(path, card=card), origin="store")
-            return
-        except EdgeAgentError as exc:
-            log.error("store model %s cannot be loaded (%s): using %s", path, exc, model.path)
-    slot.serve(slot.load(model.path, card=model.card), origin="config")

@@ -700,7 +700,7 @@ def check_shaped(name: str, body: dict[str, Any]) -> None:
     assert _is_reply(out), out
     allowed = {"id"} | {
         "config/set": {"detection", "source", "publish"},
-        "model/update": {"name", "version", "channel", "allow_downgrade"},
+        "model/update": {"name", "version", "channel", "allow_downgrade", "replace"},
     }.get(name, set())
     if not set(body) <= allowed:
         assert out["ok"] is False
