@@ -215,7 +215,8 @@ def test_after_a_swap_status_model_discovery_and_systemd_name_the_new_model(
     try:
         notify_socket.wait_for("READY=1")
         before = sub.wait_for("/model", lambda m: m.get("name") == "face-short-range")
-        sub.wait_for("/status", lambda s: s.get("model", {}).get("name") == "face-short-range")
+        first = {"name": "face-short-range", "version": "0.10.21"}
+        assert retained(broker.port, f"{base}/status")["model"] == first
         assert {d["device"]["model"] for d in retained_discovery(broker.port)} == {
             "face-short-range"
         }
