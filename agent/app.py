@@ -1,5 +1,6 @@
-"""Wiring: builds the source, detector, outbox, MQTT connection and pipeline from the config,
-runs the control loop (commands, metrics, discovery), and stops everything in reverse order."""
+"""Wiring: builds the model slot, source, outbox, MQTT connection, pipeline, updater and command
+handlers from the config, runs the control loop (commands, metrics, discovery), and stops
+everything in reverse order."""
 
 from __future__ import annotations
 
@@ -15,21 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent import __version__
-from agent.commands import CommandError, CommandProcessor
+from agent.commands import CommandProcessor, CommandTargets
 from agent.config import Config, load_config
-from agent.detection import Detector, DetectorSettings
-from agent.detection.detector import file_sha256
-from agent.detection.draw import annotate, jpeg_within
-from agent.errors import EXIT_CONFIG, ConfigError, EdgeAgentError
+from agent.detection import DetectorSettings
+from agent.errors import EXIT_CONFIG, ConfigError
 from agent.health import ProcessUsage
-from agent.overlay import deep_merge, merged, read_overlay, with_overlay, write_overlay
+from agent.live_config import LiveConfig
+from agent.overlay import with_overlay
 from agent.pipeline import Pipeline, Result
 from agent.publish import MqttPublisher
-from agent.publish.homeassistant import discovery_messages
 from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
+from agent.reporting import Discovery, model_brief, model_message, status_extra, status_line
 from agent.service import Notifier
+from agent.serving import ModelSlot, RuntimeSpec, ServingInfo
+from agent.snapshots import Snapshots
 from agent.sources import FrameSource, SourceStatus, open_source
 
 if TYPE_CHECKING:
@@ -40,10 +41,11 @@ log = logging.getLogger("agent.app")
 
 
 class Agent:
-    """The daemon: one source, one detector (swappable), one MQTT connection with its outbox."""
+    """The daemon: one source, one model slot, one MQTT connection with its outbox."""
 
     def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
-        self.config = with_overlay(config)
+        self.live = LiveConfig(with_overlay(config))
+        self.live.subscribe(self._on_config_change)
         self.config_path = config_path
         self.notifier = Notifier()
         self._reload_requested = False
@@ -51,12 +53,11 @@ class Agent:
         self._next_ping = 0.0
         self._next_metrics = 0.0
         self._stop = threading.Event()
-        self.detector: Detector | None = None
+        # The one owner of the model in service; every load uses the config's runtime options.
+        self.slot = ModelSlot(RuntimeSpec.from_config(self.config.model))
         self.source: FrameSource | None = None
         self.pipeline: Pipeline | None = None
         self.usage = ProcessUsage()
-        self.commands = CommandProcessor(self)
-        self._latest: Result | None = None
         self._last_signature: tuple[tuple[str, int], ...] | None = None
         self._last_publish = 0.0
         self.outbox = Outbox(self.config.outbox_path, self.config.mqtt.outbox.max_messages)
@@ -67,19 +68,19 @@ class Agent:
             status_extra=self._status_extra,
         )
         self.topics = self.publisher.topics
+        self.snapshots = Snapshots(
+            self.publisher,
+            f"{self.topics.base}/snapshot",
+            lambda: self.config.publish.snapshot_max_bytes,
+        )
+        self.discovery = Discovery(self.publisher, self.topics, self.slot, lambda: self.config)
         self._recent: deque[np.ndarray] = deque(maxlen=10)
-        self.model_info: dict[str, Any] = {}
         self.split: SplitHead | None = None
         if self.config.split.role == "head":
             # Imported here: only a split head needs onnx and the split machinery.
             from agent.split.head import SplitHead
 
-            self.split = SplitHead(
-                self.config.split,
-                self.publisher,
-                threads=self.config.model.threads,
-                providers=self.config.model.providers or None,
-            )
+            self.split = SplitHead(self.config.split, self.publisher, spec=self.slot.spec)
         self.updater: Updater | None = None
         if self.config.registry is not None:
             # Imported here: a device without a registry never loads the update machinery.
@@ -88,25 +89,34 @@ class Agent:
             self.updater = Updater(
                 self.config.registry,
                 self.config.store.path,
-                threads=self.config.model.threads,
+                self.slot,
+                configured=(self.config.model.path, self.config.model.card),
+                watched_labels=lambda: self.config.detection.labels,
+                recent_frames=lambda: list(self._recent),
+                frame_stats=lambda: self.pipeline.stats.snapshot() if self.pipeline else {},
                 on_change=self._on_update_change,
                 on_done=self._on_update_done,
             )
-            self.updater.recover()
+        self.commands = CommandProcessor(
+            CommandTargets(
+                model=self.slot,
+                usage=self.usage,
+                settings=self.live,
+                snapshots=self.snapshots,
+                updates=self.updater,
+            )
+        )
+        self.slot.subscribe(self._on_model_change)
+
+    @property
+    def config(self) -> Config:
+        """The config in force (the file's, the overlay's and live changes)."""
+        return self.live.config
 
     # --- status and results ---
 
     def _status_extra(self) -> dict[str, object]:
-        extra: dict[str, object] = {}
-        if self.detector is not None:
-            extra["model"] = {
-                "name": self.detector.card.name,
-                "version": self.detector.card.version,
-            }
-        if self.source is not None:
-            s = self.source.status
-            extra["source"] = {"state": s.state, "failures": s.failures, "last_error": s.last_error}
-        return extra
+        return status_extra(self.slot, self.source)
 
     def _on_source_status(self, status: SourceStatus) -> None:
         # Runs on the source's thread; paho's publish is thread-safe and does not block.
@@ -125,7 +135,7 @@ class Agent:
         return False
 
     def _on_result(self, result: Result) -> None:
-        self._latest = result
+        self.snapshots.keep(result)
         self._recent.append(result.frame.image)  # real frames for a new model's trial
         if not self._should_publish(result):
             return
@@ -148,119 +158,39 @@ class Agent:
 
         self.publisher.send(self.topics.detections, build, qos=self.config.mqtt.qos)
 
-    # --- command handlers' side (called on the control thread) ---
-
-    def ping(self) -> dict[str, Any]:
-        return {
-            "agent_version": __version__,
-            "uptime_s": self.usage.uptime_s(),
-            "ts": round(time.time(), 3),
-        }
+    # --- live changes (config/set, SIGHUP, a model swap) ---
 
     def _settings(self) -> DetectorSettings:
         d = self.config.detection
         return DetectorSettings(d.score_threshold, d.iou_threshold, tuple(d.labels))
 
-    def apply_config_patch(self, patch: dict[str, Any]) -> dict[str, Any]:
-        """Validate ``patch`` against the whole config, apply it live, persist it."""
-        new = merged(self.config, patch)  # raises ConfigError, changing nothing
-        overlay = deep_merge(read_overlay(self.config.overlay_path), patch)
-        write_overlay(self.config.overlay_path, overlay)
-        self.config = new
+    def _on_config_change(self, config: Config, patch: dict[str, Any]) -> None:
         if self.pipeline is not None:
             self.pipeline.settings = self._settings()
         if self.source is not None and "source" in patch:
-            self.source.set_fps(new.source.fps)
+            self.source.set_fps(config.source.fps)
         self._last_signature = None
         self._next_metrics = 0.0  # a new metrics period counts from now
-        if "detection" in patch and "labels" in patch["detection"]:
-            self._discovery()  # Home Assistant's entities follow the watched labels
-        log.info("config changed over MQTT: %s", json.dumps(patch))
-        return {
-            "detection": new.detection.model_dump(),
-            "source": {"fps": new.source.fps},
-            "publish": new.publish.model_dump(),
-        }
+        if "labels" in patch.get("detection", {}):
+            self.discovery.publish(only_if_changed=True)  # HA's entities follow the labels
 
-    def snapshot(self) -> dict[str, Any]:
-        latest = self._latest
-        if latest is None:
-            raise CommandError("no frame has been processed yet")
-        jpeg = jpeg_within(
-            annotate(latest.frame.image, latest.detections), self.config.publish.snapshot_max_bytes
-        )
-        topic = f"{self.topics.base}/snapshot"
-        self.publisher.publish(topic, jpeg, qos=1)
-        h, w = latest.frame.image.shape[:2]
-        return {
-            "topic": topic,
-            "bytes": len(jpeg),
-            "frame": {"id": latest.frame.id, "width": w, "height": h},
-            "objects": len(latest.detections),
-        }
-
-    # --- models and updates ---
-
-    def _load_detector(self) -> Detector:
-        """The store's current model when there is one (it passed every check), else the
-        configured model file."""
-        c = self.config
-        kwargs: dict[str, Any] = {
-            "threads": c.model.threads,
-            "runtime": c.model.runtime,
-            "providers": c.model.providers or None,
-            "delegate": c.model.delegate,
-        }
-        serving = self.updater.serving() if self.updater else None
-        if serving is not None:
-            model, card, _version = serving
-            try:
-                detector = Detector.load(model, card=card, **kwargs)
-                self._set_model_info(detector, model, "store")
-                return detector
-            except EdgeAgentError as exc:
-                log.error(
-                    "store model %s cannot be loaded (%s): using %s", model, exc, c.model.path
-                )
-        detector = Detector.load(c.model.path, card=c.model.card, **kwargs)
-        self._set_model_info(detector, c.model.path, "config")
-        return detector
-
-    def _set_model_info(self, detector: Detector, path: Path, origin: str) -> None:
-        self.model_info = {
-            "name": detector.card.name,
-            "version": detector.card.version,
-            "sha256": file_sha256(path),
-            "format": path.suffix.lstrip("."),
-            "family": detector.card.family,
-            "from": origin,
-            "since": round(time.time(), 3),
-        }
+    def _on_model_change(self, info: ServingInfo) -> None:
+        """The slot serves another model (start, update, rollback; any thread): every reader
+        of the model in service says so at once."""
+        self.notifier.status(self._status_line())
+        if not self.publisher.connected.is_set():
+            return  # all of it is published on connect
+        self.publisher.publish_status("online")
+        self._publish_model()
+        self.discovery.publish(only_if_changed=True)
 
     def _publish_model(self, update: dict[str, Any] | None = None) -> None:
-        body = dict(self.model_info)
-        if self.updater is not None:
-            s = self.updater.state
-            body["update"] = {
-                "state": s.state,
-                "version": s.version,
-                "error": s.error,
-                **(update or {}),
-            }
-            if s.history:
-                body["last_update"] = s.history[-1]
-        self.publisher.publish(self.topics.model, json.dumps(body).encode(), qos=1, retain=True)
+        state = self.updater.state if self.updater is not None else None
+        body = model_message(self.slot, state, update)
+        self.publisher.publish(self.topics.model, body, qos=1, retain=True)
 
     def _on_update_change(self, state: UpdateState, extra: dict[str, Any]) -> None:
-        # The model in service can change at these steps: swap (probation), commit, rollback.
-        origin = {
-            "probation": "store (probation)",
-            "committed": "store",
-            "failed": self.model_info.get("from", "config"),
-        }.get(state.state)
-        if origin is not None and self.pipeline is not None:
-            detector = self.pipeline.detector
-            self._set_model_info(detector, Path(detector.runtime.path), origin)
+        # The model in service itself is reported by the slot's listener when it changes.
         self._publish_model(extra)
 
     def _on_update_done(
@@ -273,40 +203,6 @@ class Agent:
         )
         self.publisher.publish(self.topics.reply("model/update"), reply, qos=1)
 
-    def request_update(self, cmd: Any) -> None:
-        if self.updater is None:
-            raise CommandError("no registry is configured (config section 'registry')")
-        name = cmd.name or self.config.registry.model if self.config.registry else cmd.name
-        channel = cmd.channel or (
-            self.config.registry.channel if self.config.registry else "stable"
-        )
-        from agent.registry.updater import Job
-
-        self.updater.request(
-            Job(name, cmd.version or "latest", channel, cmd.allow_downgrade, cmd.id)
-        )
-
-    def rollback_model(self) -> dict[str, Any]:
-        """Back to the previous verified version, at once (it passed its checks before)."""
-        if self.updater is None or self.pipeline is None or self.config.registry is None:
-            raise CommandError("no registry is configured (config section 'registry')")
-        store, name = self.updater.store, self.config.registry.model
-        previous = store.previous(name)
-        if previous is None:
-            raise CommandError(f"no previous version of {name} to roll back to")
-        folder = store.version_dir(name, previous)
-        model = store.model_file(name, previous)
-        detector = Detector.load(
-            model, card=folder / "card.yaml", threads=self.config.model.threads
-        )
-        from_version = store.current(name)
-        self.pipeline.swap(detector)
-        store.rollback(name)
-        self._set_model_info(detector, model, "store")
-        self._publish_model({"rolled_back_from": from_version})
-        log.warning("model %s rolled back from %s to %s", name, from_version, previous)
-        return {"name": name, "version": previous, "rolled_back_from": from_version}
-
     # --- metrics and discovery ---
 
     def metrics(self) -> dict[str, Any]:
@@ -316,6 +212,7 @@ class Agent:
         return {
             **stats,
             "ts": round(time.time(), 3),
+            "model": model_brief(self.slot),
             "dropped_frames": source.dropped if source else 0,
             "source_state": source.state if source else None,
             "outbox_depth": self.outbox.depth,
@@ -328,31 +225,17 @@ class Agent:
             **({"split": self.split.metrics()} if self.split is not None else {}),
         }
 
-    def _discovery(self) -> None:
-        ha = self.config.homeassistant
-        if ha is None or not ha.enabled or self.detector is None:
-            return
-        labels = ha.labels or self.config.detection.labels or self.detector.card.labels
-        for topic, payload in discovery_messages(
-            self.topics, ha.discovery_prefix, labels, self.detector.card.name
-        ):
-            self.publisher.publish(topic, payload, qos=1, retain=True)
-        log.info("Home Assistant discovery published for %s", ", ".join(labels))
-
     # --- lifecycle ---
 
     def start(self) -> None:
         c = self.config
-        self.detector = self._load_detector()
-        card = self.detector.card
-        log.info(
-            "model %s %s (%s) loaded from %s",
-            card.name,
-            card.version,
-            card.family,
-            self.detector.runtime.path,
-        )
-        for note in card.assumed:
+        if self.updater is not None:
+            # Recovers an interrupted update, imports the configured model into the store, and
+            # serves the model last committed there (through the slot).
+            self.updater.load_serving()
+        else:
+            self.slot.serve(self.slot.load(c.model.path, card=c.model.card), origin="config")
+        for note in self.slot.detector.card.assumed:
             log.info("model card assumed: %s", note)
         self.publisher.subscribe(f"{self.topics.base}/cmd/#")
         self.publisher.subscribe(f"{c.mqtt.topic_prefix}/all/cmd/#")
@@ -376,13 +259,11 @@ class Agent:
             on_status=self._on_source_status,
         )
         self.pipeline = Pipeline(
-            self.source, self.detector, self._on_result, self._settings(), offload=self.split
+            self.source, self.slot, self._on_result, self._settings(), offload=self.split
         )
         self.source.start()
         self.pipeline.start()
         if self.updater is not None:
-            self.updater.pipeline = self.pipeline
-            self.updater.recent_frames = lambda: list(self._recent)
             self.updater.start()
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
@@ -407,26 +288,7 @@ class Agent:
                     "SIGHUP: the changed config is invalid, keeping the running one:\n%s", exc
                 )
             else:
-                live = {
-                    "detection": fresh.detection.model_dump(),
-                    "source": {"fps": fresh.source.fps},
-                    "publish": fresh.publish.model_dump(),
-                }
-                restart_only = [
-                    name
-                    for name in ("device_id", "model", "mqtt", "store", "homeassistant", "split")
-                    if getattr(fresh, name) != getattr(self.config, name)
-                ]
-                if fresh.source.model_dump(exclude={"fps"}) != self.config.source.model_dump(
-                    exclude={"fps"}
-                ):
-                    restart_only.append("source")
-                self.config = merged(self.config, live)
-                if self.pipeline is not None:
-                    self.pipeline.settings = self._settings()
-                if self.source is not None:
-                    self.source.set_fps(self.config.source.fps)
-                self._last_signature = None
+                restart_only = self.live.reload(fresh)
                 log.info("SIGHUP: config reloaded from %s", self.config_path)
                 if restart_only:
                     log.warning(
@@ -444,17 +306,8 @@ class Agent:
         return self.source is None or self.source.stalled_for() <= limit
 
     def _status_line(self) -> str:
-        parts = []
-        if self.detector is not None:
-            parts.append(f"model {self.detector.card.name} {self.detector.card.version}")
-        if self.pipeline is not None:
-            stats = self.pipeline.stats.snapshot()
-            parts.append(f"{stats['frames']} frames, {stats['fps']} fps")
-        if self.source is not None and self.source.status.state != "connected":
-            s = self.source.status
-            parts.append(f"source {s.state}" + (f": {s.last_error}" if s.last_error else ""))
-        parts.append("mqtt " + ("connected" if self.publisher.connected.is_set() else "connecting"))
-        return ", ".join(parts)
+        stats = self.pipeline.stats.snapshot() if self.pipeline is not None else None
+        return status_line(self.slot, stats, self.source, self.publisher.connected.is_set())
 
     def _service_tick(self, now: float) -> None:
         """READY once the first frame is processed (or the camera is being retried: the agent is
@@ -484,7 +337,7 @@ class Agent:
         c = self.config
         if c.homeassistant is not None and topic == f"{c.homeassistant.discovery_prefix}/status":
             if payload.strip() == b"online":  # Home Assistant restarted: announce again
-                self._discovery()
+                self.discovery.publish()
             return
         for prefix in (f"{self.topics.base}/cmd/", f"{c.mqtt.topic_prefix}/all/cmd/"):
             if topic.startswith(prefix):
@@ -513,7 +366,7 @@ class Agent:
                 return EXIT_CONFIG
             connected = self.publisher.connected.is_set()
             if connected and not was_connected:
-                self._discovery()
+                self.discovery.publish()
                 self._publish_model()
             was_connected = connected
             try:
@@ -545,8 +398,7 @@ class Agent:
         if self.pipeline is not None:
             self.pipeline.stop()
         self.publisher.close("stopped", timeout=self.config.service.stop_flush_s)
-        if self.detector is not None:
-            self.detector.close()
+        self.slot.close()  # the model in service now, whichever that is
         self.notifier.close()
         left = self.outbox.depth
         log.info(

@@ -1,4 +1,6 @@
 """MQTT commands: name -> handler table, pydantic-validated payloads, replies, idempotent ids.
+Handlers act on narrow interfaces (``CommandTargets``: the model slot, the live config, the
+snapshot taker, the updater), never on the whole agent.
 
 Every command gets one reply on ``B/cmd/<name>/reply``: ``{"id", "ok", "result"?, "error"?}``.
 Anything malformed (bad JSON, wrong types, unknown names or keys, oversize) gets ``ok: false`` with
@@ -10,16 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent import __version__
 from agent.errors import ConfigError, EdgeAgentError
 
 if TYPE_CHECKING:
-    from agent.app import Agent
+    from agent.config import RegistryConfig
+    from agent.registry.updater import Job
+    from agent.serving import ServingInfo
 
 log = logging.getLogger("agent.commands")
 
@@ -85,41 +92,108 @@ class ModelUpdateCommand(_Command):
     version: str | None = None
     channel: str | None = None
     allow_downgrade: bool = False
+    replace: bool = False  # serve another model name, or labels not covering detection.labels
 
 
 class ModelRollbackCommand(_Command):
     pass
 
 
+class ServingModel(Protocol):
+    """The model slot, as the handlers see it: what serves now."""
+
+    @property
+    def info(self) -> ServingInfo: ...
+
+
+class Uptime(Protocol):
+    def uptime_s(self) -> float: ...
+
+
+class LiveSettings(Protocol):
+    """The live config: validates, persists and applies a patch (ConfigError: nothing changed)."""
+
+    def apply(self, patch: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class SnapshotTaker(Protocol):
+    def take(self) -> dict[str, Any]: ...
+
+
+class Updates(Protocol):
+    """The updater: runs one update at a time on its thread, and rolls back under its lock."""
+
+    config: RegistryConfig
+
+    def request(self, job: Job) -> None: ...
+
+    def rollback(self, command_id: str | None = None) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class CommandTargets:
+    """What the handlers act on, and nothing more (no Agent: ``app.py`` wires these in)."""
+
+    model: ServingModel
+    usage: Uptime
+    settings: LiveSettings
+    snapshots: SnapshotTaker
+    updates: Updates | None = None
+
+
 # A handler returns its result, or None when the reply comes later (CommandProcessor.complete).
-Handler = Callable[["Agent", Any], dict[str, Any] | None]
+Handler = Callable[[CommandTargets, Any], dict[str, Any] | None]
 
 
-def _ping(agent: Agent, cmd: PingCommand) -> dict[str, Any]:
-    return agent.ping()
+def _ping(t: CommandTargets, cmd: PingCommand) -> dict[str, Any]:
+    info = t.model.info
+    return {
+        "agent_version": __version__,
+        "uptime_s": t.usage.uptime_s(),
+        "ts": round(time.time(), 3),
+        "model": {"name": info.name, "version": info.version},
+    }
 
 
-def _config_set(agent: Agent, cmd: ConfigSetCommand) -> dict[str, Any]:
+def _config_set(t: CommandTargets, cmd: ConfigSetCommand) -> dict[str, Any]:
     patch = cmd.patch()
     if not patch:
         raise CommandError("nothing to change: give detection, source or publish settings")
     try:
-        return agent.apply_config_patch(patch)
+        return t.settings.apply(patch)
     except ConfigError as exc:
         raise CommandError(str(exc)) from exc
 
 
-def _snapshot(agent: Agent, cmd: SnapshotCommand) -> dict[str, Any]:
-    return agent.snapshot()
+def _snapshot(t: CommandTargets, cmd: SnapshotCommand) -> dict[str, Any]:
+    return t.snapshots.take()
 
 
-def _model_update(agent: Agent, cmd: ModelUpdateCommand) -> None:
+def _updater(t: CommandTargets) -> Updates:
+    if t.updates is None:
+        raise CommandError("no registry is configured (config section 'registry')")
+    return t.updates
+
+
+def _model_update(t: CommandTargets, cmd: ModelUpdateCommand) -> None:
     # Long-running: the reply comes from the updater when the update is committed or refused.
-    agent.request_update(cmd)
+    updates = _updater(t)
+    from agent.registry.updater import Job  # only a device with a registry needs it
+
+    updates.request(
+        Job(
+            cmd.name,  # None: the model in service
+            cmd.version or "latest",
+            cmd.channel or updates.config.channel,
+            allow_downgrade=cmd.allow_downgrade,
+            command_id=cmd.id,
+            replace=cmd.replace,
+        )
+    )
 
 
-def _model_rollback(agent: Agent, cmd: ModelRollbackCommand) -> dict[str, Any]:
-    return agent.rollback_model()
+def _model_rollback(t: CommandTargets, cmd: ModelRollbackCommand) -> dict[str, Any]:
+    return _updater(t).rollback(cmd.id)
 
 
 COMMANDS: dict[str, tuple[type[_Command], Handler]] = {
@@ -154,8 +228,8 @@ def _validation_message(exc: ValidationError) -> str:
 class CommandProcessor:
     """Turns one incoming message into at most one reply; remembers recent ids."""
 
-    def __init__(self, agent: Agent, remember: int = 256) -> None:
-        self.agent = agent
+    def __init__(self, targets: CommandTargets, remember: int = 256) -> None:
+        self.targets = targets
         self._replies: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         self._remember = remember
         self.handled = 0
@@ -191,7 +265,7 @@ class CommandProcessor:
         except ValidationError as exc:
             return self._error(name, cmd_id, _validation_message(exc))
         try:
-            result = handler(self.agent, cmd)
+            result = handler(self.targets, cmd)
         except EdgeAgentError as exc:
             return self._remembered(name, cmd.id, self._reply(cmd.id, ok=False, error=str(exc)))
         except Exception as exc:  # a handler bug must not kill the control loop

@@ -1,5 +1,6 @@
 """Frame -> detections loop: two stages so preprocessing of the next frame overlaps inference
-of this one, per-stage timing, and a detector that can be swapped between two frames."""
+of this one, per-stage timing; each frame runs with the model slot's detector of the moment, so a
+model is swapped only between two frames."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from agent.detection import Detection, Detector, DetectorSettings, StageTimes
 from agent.detection.preprocess import Transform
+from agent.serving import ModelSlot
 from agent.sources import Frame, FrameSource
 
 log = logging.getLogger("agent.pipeline")
@@ -93,7 +95,7 @@ class Stats:
 
 
 class Pipeline:
-    """Runs the current detector on the newest frame of a source and hands each result on.
+    """Runs the slot's detector on the newest frame of a source and hands each result on.
 
     Stage 1 (``prepare`` thread) takes the newest frame and preprocesses it; stage 2 (``infer``
     thread) runs the model, decodes and calls ``on_result``. onnxruntime and TFLite release the
@@ -104,14 +106,14 @@ class Pipeline:
     def __init__(
         self,
         source: FrameSource,
-        detector: Detector,
+        model: ModelSlot | Detector,
         on_result: Callable[[Result], None],
         settings: DetectorSettings | None = None,
         offload: Offload | None = None,
     ) -> None:
         self.source = source
         self.offload = offload
-        self._detector = detector
+        self.slot = model if isinstance(model, ModelSlot) else ModelSlot.holding(model)
         self.settings = settings or DetectorSettings()
         self.on_result = on_result
         self.stats = Stats()
@@ -125,7 +127,8 @@ class Pipeline:
 
     @property
     def detector(self) -> Detector:
-        return self._detector
+        """The detector the next frame runs with (the slot's)."""
+        return self.slot.detector
 
     def stalled_for(self) -> float:
         """Seconds the current inference has been running (0 between frames)."""
@@ -136,11 +139,6 @@ class Pipeline:
     def alive(self) -> bool:
         """Both stages still run (or finished on purpose at the end of a finite source)."""
         return self.finished.is_set() or all(t.is_alive() for t in self._threads)
-
-    def swap(self, detector: Detector) -> Detector:
-        """Use ``detector`` from the next frame on; returns the one it replaces."""
-        old, self._detector = self._detector, detector
-        return old
 
     def start(self) -> None:
         self._threads = [
@@ -165,7 +163,7 @@ class Pipeline:
                     if self.source.ended:
                         break
                     continue
-                detector = self._detector
+                detector = self.slot.detector
                 t0 = time.perf_counter()
                 try:
                     tensor, transform = detector.preprocess(frame.image)
@@ -200,12 +198,12 @@ class Pipeline:
                     if self._prepare_done or self._stop.is_set():
                         return
                     continue
-                self._process(item)
+                with self.slot.use() as detector:  # not closed before this frame ends
+                    self._process(item, detector)
         finally:
             self.finished.set()
 
-    def _process(self, item: _Prepared) -> None:
-        detector = self._detector
+    def _process(self, item: _Prepared, detector: Detector) -> None:
         times = StageTimes(preprocess=item.preprocess_ms)
         try:
             tensor, transform = item.tensor, item.transform

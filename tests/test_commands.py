@@ -22,9 +22,16 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.commands import COMMANDS, MAX_PAYLOAD_BYTES, CommandError, CommandProcessor
+from agent.commands import (
+    COMMANDS,
+    MAX_PAYLOAD_BYTES,
+    CommandError,
+    CommandProcessor,
+    CommandTargets,
+)
 from agent.config import Config
 from agent.overlay import merged
+from agent.serving import ServingInfo
 from tests.conftest import MEDIA, Subscriber
 
 PREFIX = "edge-agent"
@@ -619,32 +626,44 @@ def test_a_flood_of_random_payloads_leaves_the_agent_working(
 
 
 class FakeAgent:
-    """What CommandProcessor needs of an Agent, with the real config validation."""
+    """What the command handlers act on (CommandTargets), with the real config validation;
+    counts the calls that reach each target."""
 
     def __init__(self) -> None:
         self.config = Config(device_id="unit")
         self.calls: Counter[str] = Counter()
+        agent = self
 
-    def ping(self) -> dict[str, Any]:
-        self.calls["ping"] += 1
-        return {"n": self.calls["ping"], "ts": time.time()}
+        class Model:
+            @property
+            def info(self) -> ServingInfo:
+                return ServingInfo(
+                    "face", "1.0.0", ("face",), "0" * 64, "tflite", "anchors", "config", "m.tflite"
+                )
 
-    def apply_config_patch(self, patch: dict[str, Any]) -> dict[str, Any]:
-        self.calls["config/set"] += 1
-        self.config = merged(self.config, patch)
-        return {"detection": self.config.detection.model_dump(), "fps": self.config.source.fps}
+        class Usage:
+            def uptime_s(self) -> float:
+                agent.calls["ping"] += 1
+                return float(agent.calls["ping"])
 
-    def snapshot(self) -> dict[str, Any]:
-        self.calls["snapshot"] += 1
-        raise CommandError("no frame has been processed yet")
+        class Settings:
+            def apply(self, patch: dict[str, Any]) -> dict[str, Any]:
+                agent.calls["config/set"] += 1
+                agent.config = merged(agent.config, patch)
+                return {
+                    "detection": agent.config.detection.model_dump(),
+                    "fps": agent.config.source.fps,
+                }
 
-    def request_update(self, cmd: Any) -> None:
-        self.calls["model/update"] += 1
-        raise CommandError("no registry is configured")
+        class Snaps:
+            def take(self) -> dict[str, Any]:
+                agent.calls["snapshot"] += 1
+                raise CommandError("no frame has been processed yet")
 
-    def rollback_model(self) -> dict[str, Any]:
-        self.calls["model/rollback"] += 1
-        raise CommandError("no registry is configured")
+        # No registry: model/update and model/rollback are refused before reaching anything.
+        self.targets = CommandTargets(
+            model=Model(), usage=Usage(), settings=Settings(), snapshots=Snaps(), updates=None
+        )
 
 
 def _valid_command_body(payload: bytes) -> bool:
@@ -657,7 +676,7 @@ def _valid_command_body(payload: bytes) -> bool:
 
 def check_handle(name: str, payload: bytes) -> None:
     agent = FakeAgent()
-    processor = CommandProcessor(agent)  # type: ignore[arg-type]
+    processor = CommandProcessor(agent.targets)
     got_name, reply = processor.handle(name, payload)
     assert got_name == name
     assert reply is not None  # only a deferred model/update replies later, and this one refuses
@@ -675,13 +694,13 @@ def check_handle(name: str, payload: bytes) -> None:
 def check_shaped(name: str, body: dict[str, Any]) -> None:
     agent = FakeAgent()
     before = agent.config.model_dump()
-    _, reply = CommandProcessor(agent).handle(name, json.dumps(body).encode())  # type: ignore[arg-type]
+    _, reply = CommandProcessor(agent.targets).handle(name, json.dumps(body).encode())
     assert reply is not None
     out = _strict_json(reply)
     assert _is_reply(out), out
     allowed = {"id"} | {
         "config/set": {"detection", "source", "publish"},
-        "model/update": {"name", "version", "channel", "allow_downgrade"},
+        "model/update": {"name", "version", "channel", "allow_downgrade", "replace"},
     }.get(name, set())
     if not set(body) <= allowed:
         assert out["ok"] is False
@@ -726,7 +745,7 @@ def test_commands_shaped_like_the_schemas_are_accepted_only_when_valid(
 )
 def test_a_repeated_id_replays_the_first_reply(script: list[tuple[str, str]], threshold: float):
     agent = FakeAgent()
-    processor = CommandProcessor(agent)  # type: ignore[arg-type]
+    processor = CommandProcessor(agent.targets)
     first: dict[tuple[str, str], bytes] = {}
     last_name: dict[str, str] = {}
     runs = 0

@@ -199,16 +199,16 @@ def test_a_hung_inference_stops_the_watchdog_pings(
     runner = threading.Thread(target=agent.run, daemon=True)
     runner.start()
     ready_at, _ = notify_socket.wait_for("READY=1")
-    assert agent.detector is not None
+    assert agent.slot.loaded
     hang, release = threading.Event(), threading.Event()
-    real_infer = agent.detector.infer
+    real_infer = agent.slot.detector.infer
 
     def infer(tensor: Any) -> Any:
         if hang.is_set():
             release.wait(30)  # an inference that does not come back
         return real_infer(tensor)
 
-    agent.detector.infer = infer  # type: ignore[method-assign]
+    agent.slot.detector.infer = infer  # type: ignore[method-assign]
     time.sleep(2)
     assert notify_socket.count("WATCHDOG=1", ready_at) >= 2  # healthy: pinging
     hang.set()

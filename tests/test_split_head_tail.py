@@ -17,6 +17,7 @@ from agent.config import Config, SplitConfig
 from agent.detection import Detection, Detector, DetectorSettings
 from agent.localbroker import LocalBroker
 from agent.publish import MqttPublisher
+from agent.serving import RuntimeSpec
 from agent.split.head import SplitCounters, SplitHead
 from agent.split.tail import TailAgent
 
@@ -120,7 +121,7 @@ def test_a_slow_link_moves_the_cut_home_and_probes_keep_measuring(
         deadline_ms=5000,
         probe_s=0.2,
     )
-    head = SplitHead(split, publisher, threads=1)
+    head = SplitHead(split, publisher, spec=RuntimeSpec(threads=1))
     head.attach()
     publisher.start()
     detector = Detector.load(tail.model.path, threads=1)

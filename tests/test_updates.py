@@ -408,6 +408,9 @@ def test_agent_updates_over_mqtt_without_a_frame_gap(
     assert "probation" in states and "committed" in states, states
     assert models[-1]["version"] == "2.0.0" and models[-1]["update"]["state"] == "idle"
     assert models[-1]["last_update"]["ok"] is True
+    # Whoever subscribes next is told the model in service now (the retained status).
+    status = subscriber("edge-agent/cam-upd/status").wait_for("/status")
+    assert status["model"] == {"name": "face", "version": "2.0.0"}, status
     after = [sub.wait_for("/detections") for _ in range(3)]
     assert all(d["model"] == {"name": "face", "version": "2.0.0"} for d in after)
     stamps = [json.loads(p)["ts"] for t, p, _ in sub.seen if t.endswith("/detections")]

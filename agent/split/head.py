@@ -31,6 +31,7 @@ from agent.detection import Detection, Detector, DetectorSettings
 from agent.detection.preprocess import Transform
 from agent.detection.types import Candidates
 from agent.errors import EdgeAgentError, SplitError
+from agent.serving import RuntimeSpec
 from agent.split.codec import decode, encode
 from agent.split.link import LinkEstimate, TokenBucket
 from agent.split.parts import Part, SplitModel
@@ -69,8 +70,7 @@ class SplitHead:
         config: SplitConfig,
         publisher: MqttPublisher,
         *,
-        threads: int = 0,
-        providers: list[str] | None = None,
+        spec: RuntimeSpec | None = None,
     ) -> None:
         assert config.peer is not None
         self.config = config
@@ -79,8 +79,8 @@ class SplitHead:
         self.request_topic = f"{prefix}/{config.peer}/{REQUEST}"
         self.result_topic = f"{publisher.topics.base}/{RESULT}"
         self.peer_status_topic = f"{prefix}/{config.peer}/status"
-        self._threads = threads
-        self._providers = providers
+        # The model slot's runtime options: the parts run where the whole model runs.
+        self.spec = spec or RuntimeSpec()
         self._ids = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
@@ -311,7 +311,9 @@ class SplitHead:
         with ``at: auto``, profile every cut on a real frame (coded sizes depend on content)
         and plan."""
         try:
-            model = SplitModel(path, threads=self._threads, providers=self._providers)
+            model = SplitModel(
+                path, threads=self.spec.threads, providers=self.spec.provider_list
+            )
             if self.cut is not None:
                 model.cut(self.cut)
             profile = None
@@ -321,7 +323,7 @@ class SplitHead:
                 profile = profile_model(
                     model.path,
                     runs=2,
-                    threads=self._threads,
+                    threads=self.spec.threads,
                     methods=(self.config.codec,),
                     sample=sample,
                     max_tensors=self.config.max_tensors,

@@ -1,0 +1,119 @@
+"""What the agent says about itself, built from the model slot so that none of it can name a
+stale model: the retained status's extra fields, systemd's STATUS= line, the retained ``B/model``
+body and Home Assistant discovery (announced again when the model's name or labels change)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent.publish.homeassistant import discovery_messages
+from agent.publish.topics import Topics
+from agent.serving import ModelSlot
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.registry.updater import UpdateState
+    from agent.sources import FrameSource
+
+log = logging.getLogger("agent.reporting")
+
+
+class _Publish(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any: ...
+
+
+def model_brief(slot: ModelSlot) -> dict[str, str] | None:
+    """``{"name", "version"}`` of the model in service, None before one is loaded."""
+    if not slot.loaded:
+        return None
+    info = slot.info
+    return {"name": info.name, "version": info.version}
+
+
+def status_extra(slot: ModelSlot, source: FrameSource | None) -> dict[str, object]:
+    """The fields the retained ``B/status`` carries besides its state."""
+    extra: dict[str, object] = {}
+    model = model_brief(slot)
+    if model is not None:
+        extra["model"] = model
+    if source is not None:
+        s = source.status
+        extra["source"] = {"state": s.state, "failures": s.failures, "last_error": s.last_error}
+    return extra
+
+
+def status_line(
+    slot: ModelSlot,
+    stats: dict[str, float] | None,
+    source: FrameSource | None,
+    mqtt_connected: bool,
+) -> str:
+    """systemd's STATUS=: the model, frames and fps, a camera problem, the MQTT state."""
+    parts = []
+    model = model_brief(slot)
+    if model is not None:
+        parts.append(f"model {model['name']} {model['version']}")
+    if stats is not None:
+        parts.append(f"{stats['frames']} frames, {stats['fps']} fps")
+    if source is not None and source.status.state != "connected":
+        s = source.status
+        parts.append(f"source {s.state}" + (f": {s.last_error}" if s.last_error else ""))
+    parts.append("mqtt " + ("connected" if mqtt_connected else "connecting"))
+    return ", ".join(parts)
+
+
+def model_message(
+    slot: ModelSlot, update: UpdateState | None, extra: dict[str, Any] | None = None
+) -> bytes:
+    """The retained ``B/model`` body: the model in service, and the updater's state."""
+    body: dict[str, Any] = slot.info.to_dict() if slot.loaded else {}
+    if update is not None:
+        body["update"] = {
+            "state": update.state,
+            "version": update.version,
+            "error": update.error,
+            **(extra or {}),
+        }
+        if update.history:
+            body["last_update"] = update.history[-1]
+    return json.dumps(body).encode()
+
+
+class Discovery:
+    """Home Assistant discovery for the model in service and the watched labels."""
+
+    def __init__(
+        self, publisher: _Publish, topics: Topics, slot: ModelSlot, config: Callable[[], Config]
+    ) -> None:
+        self.publisher = publisher
+        self.topics = topics
+        self.slot = slot
+        self._config = config  # the live config: labels can change over MQTT
+        self.announced: tuple[str, tuple[str, ...]] | None = None
+
+    def wanted(self) -> tuple[str, tuple[str, ...]] | None:
+        """(model name, labels) to announce; None when discovery is off or no model serves."""
+        c = self._config()
+        ha = c.homeassistant
+        if ha is None or not ha.enabled or not self.slot.loaded:
+            return None
+        info = self.slot.info
+        labels: Sequence[str] = ha.labels or c.detection.labels or info.labels
+        return info.name, tuple(labels)
+
+    def publish(self, *, only_if_changed: bool = False) -> None:
+        """Publish the retained configs (every connect, Home Assistant's restart), or only when
+        the model's name or the labels differ from what was announced last."""
+        wanted = self.wanted()
+        if wanted is None or (only_if_changed and wanted == self.announced):
+            return
+        ha = self._config().homeassistant
+        assert ha is not None
+        name, labels = wanted
+        for topic, payload in discovery_messages(self.topics, ha.discovery_prefix, labels, name):
+            self.publisher.publish(topic, payload, qos=1, retain=True)
+        self.announced = wanted
+        log.info("Home Assistant discovery published for %s (model %s)", ", ".join(labels), name)
