@@ -19,9 +19,8 @@ from agent import __version__
 from agent.commands import CommandError, CommandProcessor
 from agent.config import Config, load_config
 from agent.detection import Detector, DetectorSettings
-from agent.detection.detector import file_sha256
 from agent.detection.draw import annotate, jpeg_within
-from agent.errors import ConfigError, EdgeAgentError
+from agent.errors import ConfigError
 from agent.health import ProcessUsage
 from agent.overlay import deep_merge, merged, read_overlay, with_overlay, write_overlay
 from agent.pipeline import Pipeline, Result
@@ -30,6 +29,7 @@ from agent.publish.homeassistant import discovery_messages
 from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
 from agent.service import Notifier
+from agent.serving import ModelSlot, RuntimeSpec, ServingInfo
 from agent.sources import FrameSource, SourceStatus, open_source
 
 if TYPE_CHECKING:
@@ -71,6 +71,9 @@ class Agent:
         self.topics = self.publisher.topics
         self._recent: deque[np.ndarray] = deque(maxlen=10)
         self.model_info: dict[str, Any] = {}
+        # The one owner of the model in service (the updater swaps through it).
+        self.slot = ModelSlot(RuntimeSpec.from_config(self.config.model))
+        self.slot.subscribe(self._on_serving)
         self.split: SplitHead | None = None
         if self.config.split.role == "head":
             # Imported here: only a split head needs onnx and the split machinery.
@@ -90,11 +93,14 @@ class Agent:
             self.updater = Updater(
                 self.config.registry,
                 self.config.store.path,
-                threads=self.config.model.threads,
+                self.slot,
+                configured=(self.config.model.path, self.config.model.card),
+                watched_labels=lambda: self.config.detection.labels,
+                recent_frames=lambda: list(self._recent),
+                frame_stats=lambda: self.pipeline.stats.snapshot() if self.pipeline else {},
                 on_change=self._on_update_change,
                 on_done=self._on_update_done,
             )
-            self.updater.recover()
 
     # --- status and results ---
 
@@ -204,40 +210,23 @@ class Agent:
     # --- models and updates ---
 
     def _load_detector(self) -> Detector:
-        """The store's current model when there is one (it passed every check), else the
-        configured model file."""
+        """The model last committed in the store (the updater imports the configured one there
+        first), else the configured model file; either way through the slot."""
+        if self.updater is not None:
+            return self.updater.load_serving()
         c = self.config
-        kwargs: dict[str, Any] = {
-            "threads": c.model.threads,
-            "runtime": c.model.runtime,
-            "providers": c.model.providers or None,
-            "delegate": c.model.delegate,
-        }
-        serving = self.updater.serving() if self.updater else None
-        if serving is not None:
-            model, card, _version = serving
-            try:
-                detector = Detector.load(model, card=card, **kwargs)
-                self._set_model_info(detector, model, "store")
-                return detector
-            except EdgeAgentError as exc:
-                log.error(
-                    "store model %s cannot be loaded (%s): using %s", model, exc, c.model.path
-                )
-        detector = Detector.load(c.model.path, card=c.model.card, **kwargs)
-        self._set_model_info(detector, c.model.path, "config")
+        detector = self.slot.load(c.model.path, card=c.model.card)
+        self.slot.serve(detector, origin="config")
         return detector
 
-    def _set_model_info(self, detector: Detector, path: Path, origin: str) -> None:
-        self.model_info = {
-            "name": detector.card.name,
-            "version": detector.card.version,
-            "sha256": file_sha256(path),
-            "format": path.suffix.lstrip("."),
-            "family": detector.card.family,
-            "from": origin,
-            "since": round(time.time(), 3),
-        }
+    def _on_serving(self, info: ServingInfo) -> None:
+        # Any thread: the slot changed the model in service (start, probation, commit, rollback).
+        self.detector = self.slot.detector
+        self.model_info = info.to_dict()
+        if self.pipeline is not None:
+            self.pipeline.swap(self.detector)
+        if self.publisher.connected.is_set():
+            self._publish_model()
 
     def _publish_model(self, update: dict[str, Any] | None = None) -> None:
         body = dict(self.model_info)
@@ -254,15 +243,6 @@ class Agent:
         self.publisher.publish(self.topics.model, json.dumps(body).encode(), qos=1, retain=True)
 
     def _on_update_change(self, state: UpdateState, extra: dict[str, Any]) -> None:
-        # The model in service can change at these steps: swap (probation), commit, rollback.
-        origin = {
-            "probation": "store (probation)",
-            "committed": "store",
-            "failed": self.model_info.get("from", "config"),
-        }.get(state.state)
-        if origin is not None and self.pipeline is not None:
-            detector = self.pipeline.detector
-            self._set_model_info(detector, Path(detector.runtime.path), origin)
         self._publish_model(extra)
 
     def _on_update_done(
@@ -276,38 +256,27 @@ class Agent:
         self.publisher.publish(self.topics.reply("model/update"), reply, qos=1)
 
     def request_update(self, cmd: Any) -> None:
-        if self.updater is None:
+        if self.updater is None or self.config.registry is None:
             raise CommandError("no registry is configured (config section 'registry')")
-        name = cmd.name or self.config.registry.model if self.config.registry else cmd.name
-        channel = cmd.channel or (
-            self.config.registry.channel if self.config.registry else "stable"
-        )
         from agent.registry.updater import Job
 
+        channel = cmd.channel or self.config.registry.channel
         self.updater.request(
-            Job(name, cmd.version or "latest", channel, cmd.allow_downgrade, cmd.id)
+            Job(
+                cmd.name,
+                cmd.version or "latest",
+                channel,
+                allow_downgrade=cmd.allow_downgrade,
+                command_id=cmd.id,
+                replace=cmd.replace,
+            )
         )
 
     def rollback_model(self) -> dict[str, Any]:
-        """Back to the previous verified version, at once (it passed its checks before)."""
-        if self.updater is None or self.pipeline is None or self.config.registry is None:
+        """Back to the previous verified version, through the updater (its lock, its states)."""
+        if self.updater is None:
             raise CommandError("no registry is configured (config section 'registry')")
-        store, name = self.updater.store, self.config.registry.model
-        previous = store.previous(name)
-        if previous is None:
-            raise CommandError(f"no previous version of {name} to roll back to")
-        folder = store.version_dir(name, previous)
-        model = store.model_file(name, previous)
-        detector = Detector.load(
-            model, card=folder / "card.yaml", threads=self.config.model.threads
-        )
-        from_version = store.current(name)
-        self.pipeline.swap(detector)
-        store.rollback(name)
-        self._set_model_info(detector, model, "store")
-        self._publish_model({"rolled_back_from": from_version})
-        log.warning("model %s rolled back from %s to %s", name, from_version, previous)
-        return {"name": name, "version": previous, "rolled_back_from": from_version}
+        return self.updater.rollback()
 
     # --- metrics and discovery ---
 
@@ -383,8 +352,6 @@ class Agent:
         self.source.start()
         self.pipeline.start()
         if self.updater is not None:
-            self.updater.pipeline = self.pipeline
-            self.updater.recent_frames = lambda: list(self._recent)
             self.updater.start()
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
@@ -547,8 +514,7 @@ class Agent:
         if self.pipeline is not None:
             self.pipeline.stop()
         self.publisher.close("stopped", timeout=self.config.service.stop_flush_s)
-        if self.detector is not None:
-            self.detector.close()
+        self.slot.close()
         self.notifier.close()
         left = self.outbox.depth
         log.info(

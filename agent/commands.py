@@ -85,6 +85,7 @@ class ModelUpdateCommand(_Command):
     version: str | None = None
     channel: str | None = None
     allow_downgrade: bool = False
+    replace: bool = False  # serve another model name, or labels not covering detection.labels
 
 
 class ModelRollbackCommand(_Command):
