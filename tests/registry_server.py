@@ -31,7 +31,8 @@ class RegistryServer:
     chunked         send the body with Transfer-Encoding: chunked (HTTP/1.1), 64 KiB a chunk
     delay_s         wait this long before answering (for timeouts)
     redirects       request path -> URL to answer with a 302 instead of the file
-    fail_next       HTTP statuses to answer the next requests with, one each (e.g. [503])
+    fail            request path -> HTTP statuses to answer its next requests with, one each
+                    (e.g. {"/face/2.0.0/face.tflite": [503]})
     requests        (path, Range header or None) of every request, in order
     """
 
@@ -44,7 +45,7 @@ class RegistryServer:
         self.chunked = False
         self.delay_s = 0.0
         self.redirects: dict[str, str] = {}
-        self.fail_next: list[int] = []
+        self.fail: dict[str, list[int]] = {}
         self.requests: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -117,7 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
         if reg.delay_s and reg._stopping.wait(reg.delay_s):
             return
         with reg._lock:
-            status_now = reg.fail_next.pop(0) if reg.fail_next else None
+            statuses = reg.fail.get(self.path)
+            status_now = statuses.pop(0) if statuses else None
         if status_now is not None:
             self.send_error(status_now)
             return
