@@ -225,7 +225,7 @@ def run_update_bench(
     from agent.registry.publish import publish
     from agent.registry.signing import generate_key
     from agent.registry.updater import Job, Updater
-    from agent.serving import ModelSlot, RuntimeSpec
+    from agent.serving import ModelSlot, RuntimeSpec, ServingInfo
 
     model = Path(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -278,7 +278,11 @@ def run_update_bench(
 
         source = open_source(str(DEFAULT_VIDEO), fps=0, loop=True)
         pipeline = Pipeline(source, first, on_result)
-        slot.subscribe(lambda info: None if pipeline.swap(slot.detector) else None)
+
+        def follow(info: ServingInfo) -> None:
+            pipeline.swap(slot.detector)  # the pipeline runs whatever the slot serves
+
+        slot.subscribe(follow)
         source.start()
         pipeline.start()
         while len(stamps) < 5:

@@ -577,7 +577,7 @@ def test_the_active_record_names_the_model_that_serves(store: ModelStore) -> Non
     store.set_active(None)
     assert store.active() is None
     (store.models / "active.json").write_text("{not json")
-    with pytest.raises(RegistryError, match="active.json"):
+    with pytest.raises(RegistryError, match=r"active\.json"):
         store.active()
 
 

@@ -675,6 +675,8 @@ class Updater:
             if attempts >= 3 and errors / attempts > self.config.probation_max_error_rate:
                 problem = f"{errors:.0f} of {attempts:.0f} frames failed in probation"
                 break
+        if problem is None and self._stop.is_set():
+            problem = "the agent is stopping: probation cut short"
         base = before.get("latency_ms_p50", 0.0)
         if problem is None and base > 0:
             now_p50 = self.frame_stats().get("latency_ms_p50", 0.0)
