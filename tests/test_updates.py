@@ -387,6 +387,24 @@ def test_agent_updates_over_mqtt_without_a_frame_gap(
     gaps = np.diff(stamps)
     # fps 5: one frame every 0.2 s; the swap happens between two frames.
     assert gaps.max() < 3 * np.median(gaps) + 0.2, gaps
+    # The first update rolls back to the configured model, through the updater.
+    mark = len(sub.seen)
+    sub.client.publish("edge-agent/cam-upd/cmd/model/rollback", json.dumps({"id": "r1"}), qos=1)
+    reply = sub.wait_for("/cmd/model/rollback/reply", timeout=60)
+    assert reply == {
+        "id": "r1",
+        "ok": True,
+        "result": {"name": "face", "version": CONFIGURED, "rolled_back_from": "2.0.0"},
+    }, reply
+    # B/model told it before the reply: rolling back, then idle on the configured model.
+    models = [json.loads(p) for t, p, _ in sub.seen[mark:] if t.endswith("/model")]
+    assert models[0]["update"]["state"] == "rolling_back", models
+    model = models[-1]
+    assert model["update"]["state"] == "idle"
+    assert (model["name"], model["version"], model["from"]) == ("face-short-range", CONFIGURED,
+                                                                "config")
+    assert model["last_update"]["action"] == "rollback"
+    sub.wait_for("/detections", lambda d: d["model"]["name"] == "face-short-range")
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
 
