@@ -464,6 +464,17 @@ def test_a_restart_after_an_update_serves_the_update(rig: Rig) -> None:
     assert rig.serving_version() == "2.0.0" and rig.slot.info.origin == "store"
 
 
+def test_a_damaged_store_model_is_not_served_after_a_restart(rig: Rig, caplog) -> None:
+    rig.run("2.0.0")
+    model = rig.updater.store.model_file("face", "2.0.0")
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte: the model may well still load
+    model.write_bytes(bytes(data))
+    rig.restart()
+    assert rig.serves_the_configured_model()
+    assert "it had when installed (damaged)" in caplog.text
+
+
 def test_a_changed_configured_model_wins_at_the_next_start(rig: Rig, tmp_path: Path) -> None:
     rig.run("2.0.0")
     other = tmp_path / "configured" / "face-full-range.tflite"

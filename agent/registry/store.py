@@ -309,6 +309,20 @@ class ModelStore:
         write_atomic(self.model_dir(name) / "configured.json", (json.dumps(body) + "\n").encode())
         return version
 
+    def expected_sha256(self, name: str, version: str) -> str | None:
+        """The sha256 ``name`` ``version``'s model file had when it was installed: from its
+        manifest, or the import record of the configured model; None when neither says."""
+        manifest = self.version_dir(name, version) / "manifest.json"
+        try:
+            data = json.loads(manifest.read_text())
+            return str(data["artifact"]["sha256"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(f"{manifest}: unreadable ({exc})") from exc
+        imported = self.imported(name)
+        return imported.sha256 if imported is not None and imported.version == version else None
+
     # --- downgrade protection ---
 
     def highest_accepted(self, name: str) -> str | None:

@@ -235,6 +235,7 @@ class Updater:
                 else:
                     try:
                         paths = self._version_paths(name, version)
+                        self._check_intact(name, version, paths[0])
                         detector = self.slot.load(paths[0], card=paths[1])
                     except EdgeAgentError as exc:
                         log.error(
@@ -257,6 +258,16 @@ class Updater:
     def _version_paths(self, name: str, version: str) -> tuple[Path, Path | None]:
         folder = self.store.version_dir(name, version)
         return self.store.model_file(name, version), folder / "card.yaml"
+
+    def _check_intact(self, name: str, version: str, model: Path) -> None:
+        """The model file is the one that was verified when it was installed (an SD card can
+        change a file under us)."""
+        expected = self.store.expected_sha256(name, version)
+        actual = file_sha256(model)
+        if expected is not None and actual != expected:
+            raise ChecksumError(
+                f"{model}: sha256 {actual} is not the {expected} it had when installed (damaged)"
+            )
 
     def _imported_version(self, name: str) -> str | None:
         if name != self.config.model:
