@@ -475,6 +475,21 @@ def test_a_damaged_store_model_is_not_served_after_a_restart(rig: Rig, caplog) -
     assert "it had when installed (damaged)" in caplog.text
 
 
+@pytest.mark.parametrize(("state", "committed"), [("probation", True), ("downloading", False)])
+def test_a_state_file_from_before_the_table_is_recovered_truthfully(
+    rig: Rig, state: str, committed: bool
+) -> None:
+    """An agent upgraded in the middle of an update finds an updater.json without links."""
+    if committed:  # the old agent had switched the links before it stopped
+        rig.run("2.0.0")
+    legacy = {"state": state, "name": "face", "version": "2.0.0", "from_version": CONFIGURED}
+    (rig.store_root / "updater.json").write_text(json.dumps(legacy))
+    updater = rig.restart()
+    assert updater.state.state == ("idle" if committed else "failed")
+    assert rig.serving_version() == ("2.0.0" if committed else CONFIGURED)
+    assert updater.store.current("face") == rig.serving_version()
+
+
 def test_a_changed_configured_model_wins_at_the_next_start(rig: Rig, tmp_path: Path) -> None:
     rig.run("2.0.0")
     other = tmp_path / "configured" / "face-full-range.tflite"

@@ -348,11 +348,27 @@ class Updater:
             s.version,
             s.state,
         )
+        self._adopt_legacy_state()
         with self._busy:
             stopped_in: State = s.state
             if next_state(stopped_in, "interrupted") == "failed" or stopped_in == "probation":
                 self.state.error = f"interrupted in state {stopped_in} (restart)"
             self._drive(_Run(restart=True, interrupted_in=stopped_in), "interrupted")
+
+    def _adopt_legacy_state(self) -> None:
+        """An ``updater.json`` written before the links were recorded (an agent upgraded in the
+        middle of an update): take the links as the disk has them. If ``current`` is the new
+        version already, the old agent had committed: finish the commit; else undo."""
+        s = self.state
+        if s.action != "update" or s.links_before or not s.name or not s.version:
+            return
+        links = list(self.store.links(s.name))
+        s.links_before = s.links_after = {s.name: links}
+        s.active_before = s.active_after = None
+        if links[0] == s.version:
+            s.state = "committing"
+        elif s.state in ("committing", "committed"):
+            s.state = "probation"
 
     # --- requests ---
 
