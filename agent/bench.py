@@ -225,6 +225,7 @@ def run_update_bench(
     from agent.registry.publish import publish
     from agent.registry.signing import generate_key
     from agent.registry.updater import Job, Updater
+    from agent.serving import ModelSlot, RuntimeSpec
 
     model = Path(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,10 +258,18 @@ def run_update_bench(
             model="bench",
             probation_s=probation_s,
         )
-        updater = Updater(config, root / "state", threads=threads)
-        first = Detector.load(model, threads=threads)
         stamps: list[float] = []
         frames: list[np.ndarray] = []
+        slot = ModelSlot(RuntimeSpec(threads=threads))
+        updater = Updater(
+            config,
+            root / "state",
+            slot,
+            configured=(model, card if card.is_file() else None),
+            recent_frames=lambda: list(frames),
+            frame_stats=lambda: pipeline.stats.snapshot(),
+        )
+        updater.load_serving()
 
         def on_result(result: Result) -> None:
             stamps.append(time.monotonic())
@@ -268,11 +277,9 @@ def run_update_bench(
             del frames[:-5]
 
         source = open_source(str(DEFAULT_VIDEO), fps=0, loop=True)
-        pipeline = Pipeline(source, first, on_result)
+        pipeline = Pipeline(source, slot, on_result)  # runs whatever the slot serves
         source.start()
         pipeline.start()
-        updater.pipeline = pipeline
-        updater.recent_frames = lambda: list(frames)
         while len(stamps) < 5:
             time.sleep(0.05)
         steady = float(np.median(np.diff(stamps)))

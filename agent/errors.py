@@ -14,6 +14,8 @@
     │   ├── SignatureError             no trusted key signed these exact bytes
     │   ├── ManifestError              a manifest or index is malformed, expired, unsafe or not ours
     │   ├── DownloadError              the artifact cannot be fetched, or is larger than announced
+    │   │   ├── ResumableDownloadError cut short (timeout, 5xx, reset): the partial file stays
+    │   │   └── MissingFileError       the registry has no such file (HTTP 404, no path)
     │   └── ChecksumError              the artifact's sha256 differs from the manifest's
     ├── CompressError                  a quantize/prune/distill/eval run cannot be done as asked
     └── SplitError                     a model cannot be cut where asked, or split parts do not fit
@@ -98,6 +100,15 @@ class ManifestError(RegistryError):
 
 class DownloadError(RegistryError):
     """An artifact cannot be fetched, or is larger than its manifest says."""
+
+
+class ResumableDownloadError(DownloadError):
+    """A download cut short by the network or the server (timeout, HTTP 5xx, connection reset,
+    truncated body): the partial file is kept and the next try resumes it."""
+
+
+class MissingFileError(DownloadError):
+    """The registry has no such file (HTTP 404 or 410, or no such path under file://)."""
 
 
 class ChecksumError(RegistryError):

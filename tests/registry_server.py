@@ -31,6 +31,8 @@ class RegistryServer:
     chunked         send the body with Transfer-Encoding: chunked (HTTP/1.1), 64 KiB a chunk
     delay_s         wait this long before answering (for timeouts)
     redirects       request path -> URL to answer with a 302 instead of the file
+    fail            request path -> HTTP statuses to answer its next requests with, one each
+                    (e.g. {"/face/2.0.0/face.tflite": [503]})
     requests        (path, Range header or None) of every request, in order
     """
 
@@ -43,6 +45,7 @@ class RegistryServer:
         self.chunked = False
         self.delay_s = 0.0
         self.redirects: dict[str, str] = {}
+        self.fail: dict[str, list[int]] = {}
         self.requests: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -113,6 +116,12 @@ class _Handler(BaseHTTPRequestHandler):
         range_header = self.headers.get("Range")
         reg.requests.append((self.path, range_header))
         if reg.delay_s and reg._stopping.wait(reg.delay_s):
+            return
+        with reg._lock:
+            statuses = reg.fail.get(self.path)
+            status_now = statuses.pop(0) if statuses else None
+        if status_now is not None:
+            self.send_error(status_now)
             return
         location = reg.redirects.get(self.path)
         if location is not None:

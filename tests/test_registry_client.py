@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ChecksumError, DownloadError, ManifestError, RegistryError
+from agent.errors import (
+    ChecksumError,
+    DownloadError,
+    ManifestError,
+    MissingFileError,
+    RegistryError,
+    ResumableDownloadError,
+)
 from agent.registry.client import RegistryClient
-from agent.registry.store import ModelStore
+from agent.registry.store import Active, ModelStore
 from tests.registry_server import RegistryServer
 
 ARTIFACT = "face/2.0.0/face model.tflite"  # a space, to prove segments are quoted
@@ -319,6 +326,69 @@ def test_missing_artifact_names_the_url(client: RegistryClient, tmp_path: Path) 
         client.download("face/2.0.0/nope.tflite", tmp_path / "m.tflite", size=SIZE, sha256=SHA)
 
 
+# --- what kind of failure: resumable or not, by type ---
+
+ARTIFACT_PATH = "/face/2.0.0/face%20model.tflite"
+
+
+def cut_then(server: RegistryServer, client: RegistryClient, dest: Path) -> Path:
+    """A first try cut at 100 kB, leaving a .part."""
+    server.truncate_after = 100_000
+    with pytest.raises(ResumableDownloadError, match="truncated"):
+        client.download(ARTIFACT, dest, size=SIZE, sha256=SHA)
+    part = dest.with_name(dest.name + ".part")
+    assert part.stat().st_size == 100_000
+    return part
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
+def test_a_server_error_is_resumable_and_keeps_the_part(
+    client: RegistryClient, server: RegistryServer, tmp_path: Path, status: int
+) -> None:
+    dest = tmp_path / "m.tflite"
+    part = cut_then(server, client, dest)
+    server.fail[ARTIFACT_PATH] = [status]
+    with pytest.raises(ResumableDownloadError, match=f"HTTP {status}"):
+        client.download(ARTIFACT, dest, size=SIZE, sha256=SHA)
+    assert part.stat().st_size == 100_000
+    client.download(ARTIFACT, dest, size=SIZE, sha256=SHA)
+    assert dest.read_bytes() == BLOB
+    assert [r for _, r in artifact_requests(server)][-1] == "bytes=100000-"
+
+
+def test_a_timeout_is_resumable_and_keeps_the_part(
+    server: RegistryServer, tmp_path: Path
+) -> None:
+    dest = tmp_path / "m.tflite"
+    part = cut_then(server, RegistryClient(server.url, timeout_s=5), dest)
+    server.delay_s = 3
+    with pytest.raises(ResumableDownloadError, match="timed out"):
+        RegistryClient(server.url, timeout_s=0.3).download(ARTIFACT, dest, size=SIZE, sha256=SHA)
+    assert part.stat().st_size == 100_000
+
+
+def test_a_missing_file_is_its_own_error(client: RegistryClient, tmp_path: Path) -> None:
+    with pytest.raises(MissingFileError, match="HTTP 404"):
+        client.fetch("face/9.9.9/manifest.json")
+    with pytest.raises(MissingFileError):
+        client.download("face/2.0.0/nope.tflite", tmp_path / "m.tflite", size=SIZE, sha256=SHA)
+
+
+def test_a_missing_local_file_is_its_own_error(registry: Path, tmp_path: Path) -> None:
+    client = RegistryClient(registry.as_uri())
+    with pytest.raises(MissingFileError, match="no such file"):
+        client.fetch("face/9.9.9/manifest.json")
+
+
+def test_a_refusal_is_not_resumable(
+    client: RegistryClient, server: RegistryServer, tmp_path: Path
+) -> None:
+    server.fail["/index.json"] = [403]
+    with pytest.raises(DownloadError, match="HTTP 403") as caught:
+        client.fetch("index.json")
+    assert not isinstance(caught.value, ResumableDownloadError)
+
+
 # --- the model store ---
 
 
@@ -485,3 +555,43 @@ def test_a_link_to_something_else_is_reported(store: ModelStore) -> None:
     store.link_path("face").symlink_to("../../../etc")
     with pytest.raises(RegistryError, match="not a version folder"):
         store.current("face")
+
+
+def test_set_links_is_exact_and_idempotent(store: ModelStore) -> None:
+    for v in ("1.0.0", "2.0.0", "3.0.0"):
+        install(store, v)
+    store.set_links("face", "2.0.0", "1.0.0")
+    store.set_links("face", "2.0.0", "1.0.0")
+    assert store.links("face") == ("2.0.0", "1.0.0")
+    store.set_links("face", "3.0.0", None)
+    assert store.links("face") == ("3.0.0", None)
+    with pytest.raises(RegistryError, match="not in the store"):
+        store.set_links("face", "9.0.0", None)
+    assert store.links("face") == ("3.0.0", None)
+
+
+def test_the_active_record_names_the_model_that_serves(store: ModelStore) -> None:
+    assert store.active() is None
+    store.set_active(Active("pose", "face"))
+    assert store.active() == Active("pose", "face")
+    store.set_active(None)
+    assert store.active() is None
+    (store.models / "active.json").write_text("{not json")
+    with pytest.raises(RegistryError, match=r"active\.json"):
+        store.active()
+
+
+def test_import_records_the_configured_model(store: ModelStore, tmp_path: Path) -> None:
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"configured")
+    version = store.import_file("face", "1.0.0", model, "name: face\n", "ab" * 32)
+    assert version == "1.0.0"
+    assert store.model_file("face", "1.0.0").read_bytes() == b"configured"
+    assert store.imported("face") is not None and store.imported("face").version == "1.0.0"
+    assert not any(store.staging.rglob("*.tflite"))
+    # Another file under a version the store holds already gets a folder of its own.
+    other = tmp_path / "o.tflite"
+    other.write_bytes(b"changed")
+    version = store.import_file("face", "1.0.0", other, "name: face\n", "cd" * 32)
+    assert version == "1.0.0+config.cdcdcdcd"
+    assert store.model_file("face", "1.0.0").read_bytes() == b"configured"

@@ -1,5 +1,7 @@
 """Model updates from a signed registry over real HTTP: the happy path through a running agent,
-every refusal with the old model still serving, probation rollback, and a crash in every state."""
+every refusal with the old model still serving, probation rollback, the first update rolled back
+to the configured model, replace, commit failures. The state table's own tests (an error and a
+crash in every state) are in tests/test_update_states.py and tests/test_update_kills.py."""
 
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ import yaml
 
 from agent.config import RegistryConfig
 from agent.detection import Detector
+from agent.detection.detector import file_sha256
 from agent.errors import RegistryError
 from agent.pipeline import Pipeline, Result
 from agent.registry import updater as updater_module
 from agent.registry.publish import publish
 from agent.registry.signing import generate_key, load_private_key, sign_file
-from agent.registry.updater import STATES, Job, Updater
+from agent.registry.updater import Job, Updater
+from agent.serving import ModelSlot, RuntimeSpec
 from agent.sources import open_source
 from tests import modelgen
 from tests.conftest import MEDIA, MODELS
@@ -65,10 +69,13 @@ def server(registry: Path) -> Iterator[RegistryServer]:
 
 # ----------------------------------------------------------------------------- in-process rig
 
+FACE_SHA = file_sha256(FACE)
+CONFIGURED = "0.10.21"  # the version on the configured face model's card
+
 
 class Rig:
-    """A real pipeline on the sample face video, serving the face model, with an Updater on a
-    store in tmp: the daemon minus MQTT, so each refusal can be checked directly."""
+    """A real pipeline on the sample face video, its model in a real model slot, and an Updater on
+    a store in tmp: the daemon minus MQTT, so each refusal can be checked directly."""
 
     def __init__(self, store: Path, url: str, pub: Path, **registry: Any) -> None:
         # A generous latency budget: tests run beside others on two cores; the one test about
@@ -76,20 +83,35 @@ class Rig:
         settings: dict[str, Any] = {"probation_s": 1.0, "latency_budget": 10.0, **registry}
         self.config = RegistryConfig(url=url, trusted_keys=[pub], model="face", **settings)
         self.store_root = store
+        self.labels: list[str] = []
+        self.done: list[tuple[Job, bool, dict[str, Any] | None, str | None]] = []
         self.source = open_source(str(MEDIA / "carphone_pristine.mp4"), fps=10, loop=True)
-        self.detector = Detector.load(FACE, threads=1)
         self.results: list[Result] = []
-        self.pipeline = Pipeline(self.source, self.detector, self.results.append)
+        self.slot = ModelSlot(RuntimeSpec(threads=1))
+        self.updater = self.make_updater()
+        self.updater.load_serving()
+        self.pipeline = Pipeline(self.source, self.slot, self.results.append)
         self.source.start()
         self.pipeline.start()
-        self.updater = self.make_updater()
 
     def make_updater(self) -> Updater:
-        u = Updater(self.config, self.store_root, threads=1)
-        u.recover()
-        u.pipeline = self.pipeline
-        u.recent_frames = lambda: [r.frame.image for r in self.results[-5:]]
-        return u
+        return Updater(
+            self.config,
+            self.store_root,
+            self.slot,
+            configured=(FACE, None),
+            watched_labels=lambda: self.labels,
+            recent_frames=lambda: [r.frame.image for r in self.results[-5:]],
+            frame_stats=lambda: self.pipeline.stats.snapshot(),
+            on_done=lambda *done: self.done.append(done),
+        )
+
+    def restart(self) -> Updater:
+        """What a new process does at start: a fresh updater on the same store loads what it
+        serves into the slot."""
+        self.updater = self.make_updater()
+        self.updater.load_serving()
+        return self.updater
 
     def wait_frames(self, n: int = 5) -> None:
         target = len(self.results) + n
@@ -98,16 +120,26 @@ class Rig:
             time.sleep(0.05)
         assert len(self.results) >= target
 
-    def run(self, version: str = "2.0.0", **kw: Any) -> None:
+    def run(self, version: str = "2.0.0", name: str = "face", **kw: Any) -> None:
         self.wait_frames(3)
-        self.updater._run(Job("face", version, "stable", **kw))
+        self.updater._run(Job(name, version, "stable", **kw))
 
     def serving_version(self) -> str:
-        return self.pipeline.detector.card.version
+        assert self.pipeline.detector is self.slot.detector
+        return self.slot.info.version
+
+    def serves_the_configured_model(self) -> bool:
+        return self.slot.info.sha256 == FACE_SHA and self.slot.info.origin == "config"
+
+    def frames_run_on(self, version: str) -> None:
+        """The next frames really run on ``version``."""
+        self.wait_frames(2)
+        assert self.results[-1].model_version == version
 
     def close(self) -> None:
         self.pipeline.stop()
         self.source.stop()
+        self.slot.close()
 
 
 @pytest.fixture
@@ -304,71 +336,8 @@ def test_a_model_that_fails_after_the_swap_is_rolled_back(rig: Rig, monkeypatch)
     assert rig.updater.state.state == "failed"
     assert "rolled back" in (rig.updater.state.error or "")
     assert rig.pipeline.detector is before
-    assert rig.updater.store.current("face") is None
-
-
-class Died(BaseException):
-    """Stands for SIGKILL: execution stops right here, the disk stays as it is."""
-
-
-@pytest.mark.parametrize(
-    "state", [s for s in STATES if s not in ("idle", "failed", "rolling_back")]
-)
-def test_killed_in_every_state_restarts_serving_a_verified_model(
-    rig: Rig, state: str, monkeypatch
-) -> None:
-    real_persist = Updater._persist
-
-    def persist(self: Updater, new: str, **changes: Any) -> None:
-        real_persist(self, new, **changes)
-        if new == state:
-            raise Died(state)
-
-    monkeypatch.setattr(Updater, "_persist", persist)
-    with pytest.raises(Died):
-        rig.run("2.0.0")
-    monkeypatch.setattr(Updater, "_persist", real_persist)
-    # "Restart": a fresh updater on the same store recovers, then the agent loads what it serves.
-    fresh = rig.make_updater()
-    assert fresh.state.state in ("idle", "failed")
-    serving = fresh.serving()
-    store = fresh.store
-    if state == "committed":
-        assert serving is not None and serving[2] == "2.0.0"
-        assert store.highest_accepted("face") == "2.0.0"
-    else:
-        assert serving is None  # the configured model: the update never committed
-        assert store.current("face") is None
-        assert "interrupted" in (fresh.state.error or "")
-    if serving is not None:
-        Detector.load(serving[0], card=serving[1]).close()
-    staging = rig.store_root / "staging"
-    assert not staging.exists() or state == "downloading" or not any(staging.rglob("*.tflite"))
-    # and the next update goes through
-    fresh.pipeline = rig.pipeline
-    fresh.recent_frames = rig.updater.recent_frames
-    fresh._run(Job("face", "2.0.0", "stable"))
-    assert fresh.state.state in ("idle", "failed")
-    if state != "committed":
-        assert fresh.state.state == "idle", fresh.state.error
-        assert fresh.store.current("face") == "2.0.0"
-
-
-@pytest.mark.parametrize(
-    "step", ["_fetch_manifest", "_download", "_verify_staged", "_trial", "_commit"]
-)
-def test_an_error_in_every_step_keeps_the_old_model(rig: Rig, step: str, monkeypatch) -> None:
-    def boom(*args: Any, **kwargs: Any) -> Any:
-        raise RegistryError(f"injected failure in {step}")
-
-    monkeypatch.setattr(Updater, step, boom)
-    before = rig.pipeline.detector
-    rig.run("2.0.0")
-    assert rig.updater.state.state == "failed"
-    assert "injected failure" in (rig.updater.state.error or "")
-    assert rig.pipeline.detector is before or step == "_commit"
-    if step != "_commit":
-        assert rig.updater.store.current("face") is None
+    assert rig.updater.store.current("face") == CONFIGURED
+    assert "2.0.0" not in rig.updater.store.versions("face")
 
 
 # ----------------------------------------------------------------------- the agent, end to end
@@ -417,61 +386,26 @@ def test_agent_updates_over_mqtt_without_a_frame_gap(
     gaps = np.diff(stamps)
     # fps 5: one frame every 0.2 s; the swap happens between two frames.
     assert gaps.max() < 3 * np.median(gaps) + 0.2, gaps
+    # The first update rolls back to the configured model, through the updater.
+    mark = len(sub.seen)
+    sub.client.publish("edge-agent/cam-upd/cmd/model/rollback", json.dumps({"id": "r1"}), qos=1)
+    reply = sub.wait_for("/cmd/model/rollback/reply", timeout=60)
+    assert reply == {
+        "id": "r1",
+        "ok": True,
+        "result": {"name": "face", "version": CONFIGURED, "rolled_back_from": "2.0.0"},
+    }, reply
+    # B/model told it before the reply: rolling back, then idle on the configured model.
+    models = [json.loads(p) for t, p, _ in sub.seen[mark:] if t.endswith("/model")]
+    assert models[0]["update"]["state"] == "rolling_back", models
+    model = models[-1]
+    assert model["update"]["state"] == "idle"
+    assert (model["name"], model["version"], model["from"]) == ("face-short-range", CONFIGURED,
+                                                                "config")
+    assert model["last_update"]["action"] == "rollback"
+    sub.wait_for("/detections", lambda d: d["model"]["name"] == "face-short-range")
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
-
-
-@pytest.mark.parametrize("state", ["downloading", "probation"])
-def test_agent_killed_during_an_update_restarts_on_a_verified_model(
-    state, broker, subscriber, write_config, run_agent, server, keys
-):
-    """A real SIGKILL of the agent process in the middle of an update, then a restart."""
-    sub = subscriber("edge-agent/cam-kill/#")
-    config = write_config(
-        {
-            "device_id": "cam-kill",
-            "source": {"uri": str(MEDIA / "carphone_pristine.mp4"), "fps": 5, "loop": True},
-            "model": {"path": str(FACE), "threads": 1},
-            "mqtt": {"host": "127.0.0.1", "port": broker.port},
-            "registry": {
-                "url": server.url,
-                "trusted_keys": [str(keys[1])],
-                "model": "face",
-                "probation_s": 30,
-                "latency_budget": 10,
-            },
-        }
-    )
-    first = run_agent(config)
-    for _ in range(3):
-        sub.wait_for("/detections")
-    if state == "downloading":
-        server.delay_s = 20  # the manifest request hangs: the update sits in "downloading"
-    sub.client.publish(
-        "edge-agent/cam-kill/cmd/model/update", json.dumps({"id": "k1", "version": "2.0.0"}), qos=1
-    )
-    sub.wait_for("/model", lambda m: m.get("update", {}).get("state") == state, timeout=60)
-    first.signal(signal.SIGKILL)
-    first.wait(10)
-    server.delay_s = 0
-    second = run_agent(config)
-    # It comes back on the configured model, says the update was interrupted, and detects.
-    model = sub.wait_for(
-        "/model",
-        lambda m: m.get("from") == "config" and m["update"]["state"] == "failed",
-        timeout=60,
-    )
-    assert "interrupted" in model["update"]["error"]
-    assert sub.wait_for("/detections")["model"]["name"] == "face-short-range"
-    assert "interrupted in state" in second.output()
-    # ...and the same update then goes through.
-    sub.client.publish(
-        "edge-agent/cam-kill/cmd/model/update", json.dumps({"id": "k2", "version": "2.0.0"}), qos=1
-    )
-    reply = sub.wait_for("/cmd/model/update/reply", lambda r: r["id"] == "k2", timeout=120)
-    assert reply["ok"] is True, reply
-    second.signal(signal.SIGTERM)
-    assert second.wait(30) == 0
 
 
 @pytest.mark.parametrize(
@@ -498,3 +432,190 @@ def test_canary_images_must_show_what_the_manifest_expects(
         assert rig.serving_version() == "3.0.0"
     else:
         refused(rig, "canary astronaut.png", version="3.0.0")
+
+
+# ------------------------------------------------- the first update, replace, commit, rollback
+
+
+def test_the_configured_model_is_imported_so_the_first_update_can_be_rolled_back(
+    rig: Rig,
+) -> None:
+    store = rig.updater.store
+    assert store.current("face") == CONFIGURED and rig.serves_the_configured_model()
+    rig.run("2.0.0")
+    assert rig.serving_version() == "2.0.0"
+    assert store.links("face") == ("2.0.0", CONFIGURED)
+    result = rig.updater.rollback("r1")
+    assert result == {"name": "face", "version": CONFIGURED, "rolled_back_from": "2.0.0"}
+    assert rig.serves_the_configured_model()
+    assert rig.updater.state.state == "idle"
+    assert rig.updater.state.history[-1]["action"] == "rollback"
+    assert store.links("face") == (CONFIGURED, "2.0.0")
+    rig.frames_run_on(CONFIGURED)
+    # and what a rollback committed is what a restart serves
+    rig.restart()
+    assert rig.serves_the_configured_model()
+
+
+def test_a_restart_after_an_update_serves_the_update(rig: Rig) -> None:
+    rig.run("2.0.0")
+    rig.restart()
+    assert rig.serving_version() == "2.0.0" and rig.slot.info.origin == "store"
+
+
+def test_a_damaged_store_model_is_not_served_after_a_restart(rig: Rig, caplog) -> None:
+    rig.run("2.0.0")
+    model = rig.updater.store.model_file("face", "2.0.0")
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte: the model may well still load
+    model.write_bytes(bytes(data))
+    rig.restart()
+    assert rig.serves_the_configured_model()
+    assert "it had when installed (damaged)" in caplog.text
+
+
+@pytest.mark.parametrize(("state", "committed"), [("probation", True), ("downloading", False)])
+def test_a_state_file_from_before_the_table_is_recovered_truthfully(
+    rig: Rig, state: str, committed: bool
+) -> None:
+    """An agent upgraded in the middle of an update finds an updater.json without links."""
+    if committed:  # the old agent had switched the links before it stopped
+        rig.run("2.0.0")
+    legacy = {"state": state, "name": "face", "version": "2.0.0", "from_version": CONFIGURED}
+    (rig.store_root / "updater.json").write_text(json.dumps(legacy))
+    updater = rig.restart()
+    assert updater.state.state == ("idle" if committed else "failed")
+    assert rig.serving_version() == ("2.0.0" if committed else CONFIGURED)
+    assert updater.store.current("face") == rig.serving_version()
+
+
+def test_a_changed_configured_model_wins_at_the_next_start(rig: Rig, tmp_path: Path) -> None:
+    rig.run("2.0.0")
+    other = tmp_path / "configured" / "face-full-range.tflite"
+    other.parent.mkdir()
+    shutil.copy(MODELS / "face-full-range.tflite", other)
+    shutil.copy(MODELS / "face-full-range.card.yaml", other.with_suffix(".card.yaml"))
+    updater = Updater(rig.config, rig.store_root, rig.slot, configured=(other, None))
+    updater.load_serving()
+    assert rig.slot.info.sha256 == file_sha256(other) and rig.slot.info.origin == "config"
+    # the card's version is taken, so the new file gets a folder of its own; 2.0.0 is previous
+    assert updater.store.links("face") == (f"{CONFIGURED}+config.{rig.slot.info.sha256[:8]}",
+                                           "2.0.0")
+
+
+def test_an_update_to_another_model_name_is_refused_unless_replace(
+    rig: Rig, registry: Path, keys, tmp_path: Path
+) -> None:
+    # The same network under another name: only the name is what this test is about.
+    model = face_copy(tmp_path / "other")
+    publish(model, registry, name="other", version="1.0.0", key=keys[0])
+    with pytest.raises(RegistryError, match=r'serves \'face\'.*"replace": true'):
+        rig.updater.request(Job("other", "1.0.0", "stable"))
+    rig.run("1.0.0", name="other", replace=True)
+    assert rig.updater.state.state == "idle", rig.updater.state.error
+    assert rig.serving_version() == "1.0.0" and rig.slot.info.name == "other"
+    # what was committed serves after a restart, and a rollback goes back to the other name
+    assert rig.restart().active_name() == "other"
+    assert rig.slot.info.name == "other"
+    assert rig.updater.rollback()["name"] == "face"
+    assert rig.serves_the_configured_model()
+    rig.restart()
+    assert rig.serves_the_configured_model()
+
+
+def test_an_update_whose_labels_miss_a_watched_one_is_refused_unless_replace(
+    rig: Rig, registry: Path, keys, tmp_path: Path
+) -> None:
+    card = face_card()
+    card["labels"] = ["nose"]
+    folder = tmp_path / "nose"
+    folder.mkdir()
+    model = folder / "nose.tflite"
+    shutil.copy(FACE, model)
+    publish_file(registry, keys, folder, model, "3.0.0", card)
+    rig.labels = ["face"]
+    refused(rig, "does not detect face", version="3.0.0")
+    assert '"replace": true' in (rig.updater.state.error or "")
+    rig.run("3.0.0", replace=True)
+    assert rig.updater.state.state == "idle", rig.updater.state.error
+    assert rig.serving_version() == "3.0.0"
+
+
+def test_a_server_error_while_resuming_keeps_the_partial_download(
+    rig: Rig, server: RegistryServer
+) -> None:
+    server.truncate_after = 50_000
+    refused(rig, "truncated")
+    part = next(rig.store_root.glob("staging/face/2.0.0/*.part"))
+    server.fail["/face/2.0.0/face.tflite"] = [503]
+    refused(rig, "HTTP 503")
+    assert part.stat().st_size == 50_000  # kept: the next try resumes it
+    rig.run("2.0.0")
+    assert rig.updater.state.state == "idle", rig.updater.state.error
+    ranges = [r for p, r in server.requests if p.endswith(".tflite")]
+    assert ranges[-1] == "bytes=50000-", ranges
+
+
+def test_a_commit_that_fails_rolls_back_to_the_previous_model(rig: Rig, monkeypatch) -> None:
+    store_cls = type(rig.updater.store)
+
+    def full_disk(self: Any, name: str, version: str) -> None:
+        raise RegistryError("accepted.json: No space left on device")
+
+    monkeypatch.setattr(store_cls, "record_accepted", full_disk)
+    rig.run("2.0.0")
+    assert rig.updater.state.state == "failed"
+    assert "No space left" in (rig.updater.state.error or "")
+    # the links had switched before the failure: they are back, and so is the model
+    assert rig.updater.store.links("face") == (CONFIGURED, None)
+    assert rig.serves_the_configured_model()
+    assert "2.0.0" not in rig.updater.store.versions("face")
+    rig.frames_run_on(CONFIGURED)
+
+
+def test_a_rollback_cannot_race_an_update(rig: Rig) -> None:
+    rig.config.probation_s = 3
+    rig.wait_frames(3)
+    rig.updater.start()
+    rig.updater.request(Job("face", "2.0.0", "stable", command_id="u"))
+    deadline = time.monotonic() + 60
+    while rig.updater.state.state != "probation" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rig.updater.state.state == "probation"
+    with pytest.raises(RegistryError, match="an update is running"):
+        rig.updater.rollback("r")
+    with pytest.raises(RegistryError, match="already running"):
+        rig.updater.request(Job("face", "1.0.0", "stable"))
+    while not rig.done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rig.updater.stop()
+    assert rig.done[-1][1] is True
+    assert rig.updater.rollback("r")["version"] == CONFIGURED
+
+
+def test_no_previous_version_says_what_the_store_holds(rig: Rig) -> None:
+    with pytest.raises(RegistryError, match=rf"no previous version of face.*{CONFIGURED}"):
+        rig.updater.rollback()
+    assert rig.updater.state.state == "idle"
+
+
+def test_being_on_the_requested_version_already_is_ok_with_a_note(rig: Rig) -> None:
+    rig.run("2.0.0", command_id="a")
+    since = rig.slot.info.since
+    rig.run("2.0.0", command_id="b")
+    job, ok, result, error = rig.done[-1]
+    assert job.command_id == "b" and ok is True and error is None
+    assert result == {"name": "face", "version": "2.0.0", "note": "already the current model"}
+    assert rig.slot.info.since == since
+
+
+def test_since_changes_only_when_the_serving_model_does(rig: Rig) -> None:
+    seen: list[tuple[str, float]] = []
+    rig.slot.subscribe(lambda info: seen.append((info.origin, info.since)))
+    rig.run("2.0.0")
+    assert [o for o, _ in seen] == ["store (probation)", "store"]
+    assert seen[0][1] == seen[1][1]  # the commit re-served the same model: same "since"
+
+
+def test_a_missing_version_says_which_versions_exist(rig: Rig) -> None:
+    refused(rig, "published versions: 1.0.0, 2.0.0", version="9.9.9")

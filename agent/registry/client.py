@@ -1,8 +1,10 @@
 """The registry client: reads small files and downloads artifacts, with resume and a size and
 sha256 check, from an ``http(s)://`` registry or a ``file://`` folder (standard library only).
 
-Every failure is a RegistryError subclass: DownloadError (network, HTTP status, missing file, too
-large, truncated), ChecksumError (sha256 differs) or ManifestError (an unsafe relative path).
+Every failure is a RegistryError subclass: ResumableDownloadError (timeout, HTTP 5xx, connection
+reset, truncated: a partial download is kept for the next try), MissingFileError (HTTP 404/410, no
+such file), DownloadError (any other HTTP status, too large), ChecksumError (sha256 differs) or
+ManifestError (an unsafe relative path). Callers decide by type, never by the message.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from typing import IO, BinaryIO
 
 from agent import __version__
 from agent.atomic import fsync_dir
-from agent.errors import ChecksumError, DownloadError, ManifestError, RegistryError
+from agent.errors import (
+    ChecksumError,
+    DownloadError,
+    ManifestError,
+    MissingFileError,
+    RegistryError,
+    ResumableDownloadError,
+)
 
 CHUNK = 64 * 1024
 PROGRESS_STEP_MAX = 1 << 20
@@ -34,6 +43,9 @@ Progress = Callable[[int, int], None]
 # What a dropped or garbled connection raises: urllib wraps only some of these in URLError, and
 # a cut chunked body is an http.client.IncompleteRead, which is not an OSError.
 _NET_ERRORS = (OSError, http.client.HTTPException)
+# HTTP statuses after which the same request may well work a moment later.
+_RETRY_STATUSES = frozenset({408, 425, 429})
+_MISSING_STATUSES = frozenset({404, 410})
 
 
 class RegistryClient:
@@ -73,6 +85,8 @@ class RegistryClient:
             try:
                 with self._local(rel).open("rb") as f:
                     data = f.read(max_bytes + 1)
+            except FileNotFoundError as exc:
+                raise MissingFileError(f"{url}: no such file") from exc
             except OSError as exc:
                 raise DownloadError(f"{url}: {exc.strerror or exc}") from exc
         else:
@@ -83,9 +97,9 @@ class RegistryClient:
                 try:
                     data = resp.read(max_bytes + 1)
                 except _NET_ERRORS as exc:
-                    raise DownloadError(f"{url}: {_reason(exc, self.timeout_s)}") from exc
+                    raise ResumableDownloadError(f"{url}: {_reason(exc, self.timeout_s)}") from exc
             if length is not None and len(data) < length:
-                raise DownloadError(f"{url}: truncated at {len(data)} of {length} bytes")
+                raise ResumableDownloadError(f"{url}: truncated at {len(data)} of {length} bytes")
         if len(data) > max_bytes:
             raise DownloadError(f"{url}: more than {max_bytes} bytes allowed")
         return data
@@ -102,7 +116,8 @@ class RegistryClient:
         """Download ``rel`` to ``dest``, resuming ``dest.part`` left by an earlier cut.
 
         Exactly ``size`` bytes are accepted: more is a DownloadError that deletes the partial
-        file, fewer is a DownloadError saying "truncated" that keeps it for the next try. The
+        file, fewer (or a timeout, HTTP 5xx, a reset) is a ResumableDownloadError that keeps it
+        for the next try. The
         sha256 is checked (ChecksumError deletes the partial file), then the file is fsynced and
         renamed to ``dest``. ``progress(done, total)`` is called every 1% or 1 MiB.
         """
@@ -123,7 +138,7 @@ class RegistryClient:
                     self._copy_http(url, part)
                 f.flush()
                 os.fsync(f.fileno())
-            except _ResumableError:
+            except ResumableDownloadError:
                 raise
             except Exception:
                 # Too large, or a bug: nothing in the partial file can be trusted.
@@ -147,14 +162,16 @@ class RegistryClient:
     def _copy_local(self, rel: str, url: str, part: _Part) -> None:
         try:
             src = self._local(rel).open("rb")
+        except FileNotFoundError as exc:
+            raise MissingFileError(f"{url}: no such file") from exc
         except OSError as exc:
-            raise _ResumableError(f"{url}: {exc.strerror or exc}") from exc
+            raise ResumableDownloadError(f"{url}: {exc.strerror or exc}") from exc
         with src:
             try:
                 src.seek(part.done)
                 part.copy_from(src.read, url)
             except OSError as exc:
-                raise _ResumableError(
+                raise ResumableDownloadError(
                     f"{url}: truncated at {part.done} of {part.size}: {exc}"
                 ) from exc
 
@@ -178,7 +195,7 @@ class RegistryClient:
             elif resp.status == 206:
                 _check_content_range(url, resp.headers, offset, part.size)
             elif resp.status != 200:
-                raise _ResumableError(f"{url}: unexpected HTTP {resp.status} {resp.reason}")
+                raise ResumableDownloadError(f"{url}: unexpected HTTP {resp.status} {resp.reason}")
             length = _content_length(resp.headers)
             if length is not None and part.done + length > part.size:
                 raise DownloadError(
@@ -188,7 +205,7 @@ class RegistryClient:
             try:
                 part.copy_from(resp.read, url)
             except _NET_ERRORS as exc:
-                raise _ResumableError(
+                raise ResumableDownloadError(
                     f"{url}: truncated at {part.done} of {part.size} bytes: "
                     f"{_reason(exc, self.timeout_s)}"
                 ) from exc
@@ -204,17 +221,18 @@ class RegistryClient:
             with contextlib.closing(exc):  # it holds the response: close it, or a socket leaks
                 if exc.code == 416 and offset is not None:
                     raise _RangeNotSatisfiableError from None
-                # A partial file stays after a server error: the next try may resume it.
-                raise _ResumableError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+                message = f"{url}: HTTP {exc.code} {exc.reason}"
+                if exc.code in _MISSING_STATUSES:
+                    raise MissingFileError(message) from None
+                if exc.code >= 500 or exc.code in _RETRY_STATUSES:
+                    # A partial file stays after a server error: the next try may resume it.
+                    raise ResumableDownloadError(message) from None
+                raise DownloadError(message) from None
         except urllib.error.URLError as exc:
-            raise _ResumableError(f"{url}: {_reason(exc.reason, self.timeout_s)}") from exc
+            raise ResumableDownloadError(f"{url}: {_reason(exc.reason, self.timeout_s)}") from exc
         except _NET_ERRORS as exc:
-            raise _ResumableError(f"{url}: {_reason(exc, self.timeout_s)}") from exc
+            raise ResumableDownloadError(f"{url}: {_reason(exc, self.timeout_s)}") from exc
         return resp
-
-
-class _ResumableError(DownloadError):
-    """A DownloadError after which the partial file is kept: the next try resumes it."""
 
 
 class _RangeNotSatisfiableError(Exception):
@@ -300,7 +318,7 @@ class _Part:
             self.done += len(chunk)
             self.report.done(self.done)
         if self.done < self.size:
-            raise _ResumableError(f"{url}: truncated at {self.done} of {self.size} bytes")
+            raise ResumableDownloadError(f"{url}: truncated at {self.done} of {self.size} bytes")
 
 
 def _check_rel(rel: str) -> list[str]:
@@ -319,9 +337,9 @@ def _check_content_range(url: str, headers: Message, offset: int, size: int) -> 
     value = headers.get("Content-Range", "")
     m = _CONTENT_RANGE.fullmatch(value.strip())
     if m is None:
-        raise _ResumableError(f"{url}: HTTP 206 with a bad Content-Range {value!r}")
+        raise ResumableDownloadError(f"{url}: HTTP 206 with a bad Content-Range {value!r}")
     if int(m.group(1)) != offset:
-        raise _ResumableError(f"{url}: asked for bytes from {offset}, got {value!r}")
+        raise ResumableDownloadError(f"{url}: asked for bytes from {offset}, got {value!r}")
     total = m.group(3)
     if total != "*" and int(total) > size:
         raise DownloadError(f"{url}: {total} bytes, larger than the manifest says ({size})")

@@ -5,7 +5,14 @@ version ever accepted per model (so an old, signed manifest cannot downgrade the
     ROOT/models/NAME/VERSION/{artifact, card.yaml, manifest.json, manifest.json.sig}
     ROOT/models/NAME/current -> VERSION      ROOT/models/NAME/previous -> VERSION
     ROOT/models/NAME/accepted.json           {"version": HIGHEST}
+    ROOT/models/NAME/configured.json         {"version", "sha256"}: the configured model, imported
+    ROOT/models/active.json                  {"name", "previous"}: the model name that serves
     ROOT/staging/NAME/VERSION/               downloads in progress
+
+The configured model (``model.path``) is imported as a version of ``registry.model`` at start, so
+the first update has a ``previous`` to roll back to. ``active.json`` names the model that serves
+when an update replaced the configured model by another one (``replace: true``); without it the
+configured ``registry.model`` serves.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import json
 import os
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +33,25 @@ from agent.registry.names import check_name, parse_version
 MODEL_SUFFIXES = (".onnx", ".tflite")
 LINKS = ("current", "previous")
 # Files that live beside the version folders: a version with one of these names would clash.
-_RESERVED = frozenset({*LINKS, "accepted.json"})
+_RESERVED = frozenset({*LINKS, "accepted.json", "configured.json"})
+ACTIVE_FILE = "active.json"
+
+
+@dataclass(frozen=True)
+class Active:
+    """The model name that serves, and the one it replaced (what a rollback goes back to)."""
+
+    name: str
+    previous: str | None = None
+
+
+@dataclass(frozen=True)
+class Imported:
+    """The configured model file as imported into the store."""
+
+    version: str
+    sha256: str
+
 
 Which = Literal["current", "previous"]
 
@@ -46,6 +72,8 @@ class ModelStore:
     # --- paths ---
 
     def model_dir(self, name: str) -> Path:
+        if name == ACTIVE_FILE:
+            raise ManifestError(f"unsafe model name {name!r}: reserved name in the store")
         return self.models / check_name("model name", name)
 
     def version_dir(self, name: str, version: str) -> Path:
@@ -186,6 +214,114 @@ class ModelStore:
             else:
                 self._switch(name, "previous", old)
             return target
+
+    def links(self, name: str) -> tuple[str | None, str | None]:
+        """(current, previous) of ``name``."""
+        return self.current(name), self.previous(name)
+
+    def set_links(self, name: str, current: str | None, previous: str | None) -> None:
+        """Point ``current`` and ``previous`` exactly there (None removes a link): idempotent, so
+        an interrupted switch can be done again or undone from recorded values."""
+        with self._lock:
+            # previous first: a crash between the two leaves current as it was.
+            targets: tuple[tuple[Which, str | None], ...] = (
+                ("previous", previous),
+                ("current", current),
+            )
+            for which, version in targets:
+                link = self.link_path(name, which)
+                if version is None:
+                    if link.is_symlink():
+                        link.unlink()
+                        fsync_dir(link.parent)
+                elif self._read_link(name, which) != version:
+                    self._require(name, version)
+                    self._switch(name, which, version)
+
+    # --- which model serves ---
+
+    def active(self) -> Active | None:
+        """The recorded model name that serves, if an update ever recorded one."""
+        path = self.models / ACTIVE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"{path}: unreadable ({exc})") from exc
+        name = data.get("name") if isinstance(data, dict) else None
+        previous = data.get("previous") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not (previous is None or isinstance(previous, str)):
+            raise RegistryError(f"{path}: no model name in it")
+        check_name("model name", name)
+        if previous is not None:
+            check_name("model name", previous)
+        return Active(name, previous)
+
+    def set_active(self, active: Active | None) -> None:
+        """Record which model name serves (None: the configured one)."""
+        path = self.models / ACTIVE_FILE
+        with self._lock:
+            if active is None:
+                if path.exists():
+                    path.unlink()
+                    fsync_dir(path.parent)
+                return
+            check_name("model name", active.name)
+            self.models.mkdir(parents=True, exist_ok=True)
+            body = {"name": active.name, "previous": active.previous}
+            write_atomic(path, (json.dumps(body) + "\n").encode())
+
+    # --- the configured model ---
+
+    def imported(self, name: str) -> Imported | None:
+        """Which configured model file was imported as a version of ``name``."""
+        path = self.model_dir(name) / "configured.json"
+        try:
+            data = json.loads(path.read_text())
+            return Imported(check_version(data["version"]), str(data["sha256"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, ManifestError) as exc:
+            raise RegistryError(f"{path}: unreadable ({exc})") from exc
+
+    def import_file(self, name: str, version: str, model: Path, card_yaml: str, sha256: str) -> str:
+        """Copy a model file and its card into the store as ``name`` ``version`` (through
+        staging: a crash never leaves half a version) and record it as the configured model.
+        Returns the version folder used: ``version``, or ``version+config.<sha>`` when another
+        file already holds that version."""
+        check_version(version)
+        folder = self.version_dir(name, version)
+        if folder.is_dir():
+            same = [p for p in folder.iterdir() if p.suffix.lower() in MODEL_SUFFIXES]
+            if not (len(same) == 1 and filecmp.cmp(same[0], model, shallow=False)):
+                version = check_version(f"{version}+config.{sha256[:8]}"[:64])
+                folder = self.version_dir(name, version)
+        if not folder.is_dir():
+            staging = self.staging_dir(name, version)
+            for f in staging.iterdir():
+                f.unlink()
+            shutil.copyfile(model, staging / model.name)
+            (staging / "card.yaml").write_text(card_yaml)
+            self.install(name, version)
+        self.model_dir(name).mkdir(parents=True, exist_ok=True)
+        body = {"version": version, "sha256": sha256}
+        write_atomic(self.model_dir(name) / "configured.json", (json.dumps(body) + "\n").encode())
+        return version
+
+    def expected_sha256(self, name: str, version: str) -> str | None:
+        """The sha256 ``name`` ``version``'s model file had when it was installed: from its
+        manifest, or the import record of the configured model; None when neither says."""
+        manifest = self.version_dir(name, version) / "manifest.json"
+        try:
+            data = json.loads(manifest.read_text())
+            return str(data["artifact"]["sha256"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(f"{manifest}: unreadable ({exc})") from exc
+        imported = self.imported(name)
+        return imported.sha256 if imported is not None and imported.version == version else None
 
     # --- downgrade protection ---
 
