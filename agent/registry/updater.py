@@ -30,6 +30,7 @@ import yaml
 from agent import __version__
 from agent.atomic import write_atomic
 from agent.config import RegistryConfig
+from agent.damaged import set_aside
 from agent.detection import Detector
 from agent.detection.detector import file_sha256
 from agent.errors import (
@@ -130,8 +131,8 @@ class Updater:
             return UpdateState(**data)
         except FileNotFoundError:
             return UpdateState()
-        except (ValueError, TypeError) as exc:
-            log.error("updater state %s unreadable (%s): starting from idle", self.state_path, exc)
+        except (OSError, ValueError, TypeError) as exc:  # a power cut mid-write, a bad sector
+            set_aside(self.state_path, f"unreadable update state, starting from idle: {exc}")
             return UpdateState()
 
     def _persist(self, state: str, **changes: Any) -> None:
