@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent.config import Config
 from agent.health import Heartbeats, supervised
@@ -229,3 +230,47 @@ def test_the_guard_fails_a_test_whose_threads_log_errors(tmp_path: Path) -> None
     assert "ERROR test_guarded.py::test_marked_passes" not in out, out
     assert "PASSED test_guarded.py::test_an_error_on_the_main_thread_passes" in out, out
     assert "boom in a thread" in out and "ZeroDivisionError" in out, out
+
+
+@pytest.mark.expect_thread_errors("the drainer is made to crash, and frames then fail to queue")
+def test_a_dead_outbox_drainer_stops_the_watchdog_and_the_status_names_it(
+    broker: LocalBroker, tmp_path: Path, assets: Path, notify_socket: NotifySocket, monkeypatch: Any
+) -> None:
+    from agent.app import Agent
+    from agent.config import load_config
+    from tests.test_service import service_config
+
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify_socket.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                **service_config(broker.port, assets),
+                "store": {"path": str(tmp_path / "state")},
+                "service": {"stop_flush_s": 1},
+            }
+        )
+    )
+    sub = Subscriber(broker.port, ["edge-agent/cam-svc/status"])
+    agent = Agent(load_config(cfg), cfg)
+    runner = threading.Thread(target=agent.run, daemon=True)
+    runner.start()
+    try:
+        ready_at, _ = notify_socket.wait_for("READY=1")
+        notify_socket.wait_for("WATCHDOG=1", after=ready_at)
+        assert agent.healthy()
+        # The database goes away under the drainer (as a bug would do it): its next read raises
+        # something no handler expects, and the thread dies.
+        agent.outbox._db.close()
+        sub.wait_for("/status", lambda s: s.get("stuck") == ["outbox"], timeout=10)
+        assert not agent.healthy()
+        quiet_from = time.monotonic()
+        time.sleep(2)
+        assert notify_socket.count("WATCHDOG=1", quiet_from) == 0
+        assert "unhealthy: outbox" in notify_socket.messages[-1][1]
+    finally:
+        agent.request_stop()
+        runner.join(30)
+        sub.close()
+    assert not runner.is_alive()
