@@ -18,9 +18,10 @@ import numpy as np
 
 from agent.commands import CommandProcessor, CommandTargets
 from agent.config import Config, load_config
+from agent.damaged import damaged_files
 from agent.detection import DetectorSettings
 from agent.errors import EXIT_CONFIG, ConfigError
-from agent.health import ProcessUsage
+from agent.health import Heartbeats, ProcessUsage
 from agent.live_config import LiveConfig
 from agent.overlay import with_overlay
 from agent.pipeline import Pipeline, Result
@@ -28,7 +29,7 @@ from agent.publish import MqttPublisher
 from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
 from agent.reporting import Discovery, model_brief, model_message, status_extra, status_line
-from agent.service import Notifier
+from agent.service import Notifier, ServiceLoop
 from agent.serving import ModelSlot, RuntimeSpec, ServingInfo
 from agent.snapshots import Snapshots
 from agent.sources import FrameSource, SourceStatus, open_source
@@ -49,8 +50,6 @@ class Agent:
         self.config_path = config_path
         self.notifier = Notifier()
         self._reload_requested = False
-        self._ready = False
-        self._next_ping = 0.0
         self._next_metrics = 0.0
         self._stop = threading.Event()
         # The one owner of the model in service; every load uses the config's runtime options.
@@ -60,12 +59,22 @@ class Agent:
         self.usage = ProcessUsage()
         self._last_signature: tuple[tuple[str, int], ...] | None = None
         self._last_publish = 0.0
+        # A heartbeat per thread; the service loop pings the watchdog only while all are well.
+        self.health = Heartbeats(stall_s=self.config.service.stall_s)
+        self.service = ServiceLoop(
+            self.notifier,
+            self.health,
+            self._status_line,
+            is_ready=self._is_ready,
+            on_change=lambda stuck: self.publisher.publish_status("online"),
+        )
         self.outbox = Outbox(self.config.outbox_path, self.config.mqtt.outbox.max_messages)
         self.publisher = MqttPublisher(
             self.config.mqtt,
             self.config.device_id,
             outbox=self.outbox,
             status_extra=self._status_extra,
+            health=self.health,
         )
         self.topics = self.publisher.topics
         self.snapshots = Snapshots(
@@ -116,7 +125,10 @@ class Agent:
     # --- status and results ---
 
     def _status_extra(self) -> dict[str, object]:
-        return status_extra(self.slot, self.source)
+        extra = status_extra(self.slot, self.source)
+        extra["stuck"] = self.service.stuck  # threads without a heartbeat (the watchdog stops)
+        extra["damaged"] = damaged_files()  # state files set aside at start
+        return extra
 
     def _on_source_status(self, status: SourceStatus) -> None:
         # Runs on the source's thread; paho's publish is thread-safe and does not block.
@@ -261,10 +273,13 @@ class Agent:
         self.pipeline = Pipeline(
             self.source, self.slot, self._on_result, self._settings(), offload=self.split
         )
+        self.health.watch("source", self.source.stalled_for)
+        pipeline = self.pipeline
+        self.health.watch("pipeline", pipeline.stalled_for, alive=lambda: pipeline.alive)
         self.source.start()
         self.pipeline.start()
         if self.updater is not None:
-            self.updater.start()
+            self.updater.start(self.health.register("updater"))
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         if signum is not None:
@@ -298,40 +313,22 @@ class Agent:
         self.notifier.ready(self._status_line())
 
     def healthy(self) -> bool:
-        """Fit for a watchdog ping: both pipeline stages alive, no inference and no camera read
-        stuck for longer than ``service.stall_s``."""
-        limit = self.config.service.stall_s
-        if self.pipeline is None or not self.pipeline.alive or self.pipeline.stalled_for() > limit:
-            return False
-        return self.source is None or self.source.stalled_for() <= limit
+        """Fit for a watchdog ping: no thread stuck (an inference, a camera read, the outbox
+        drainer... busy for longer than ``service.stall_s``) and none dead."""
+        return not self.health.stuck()
+
+    def _is_ready(self) -> bool:
+        # The first frame is processed, or the camera is being retried: up and doing its job.
+        assert self.pipeline is not None and self.source is not None
+        return self.pipeline.stats.frames > 0 or self.source.status.state == "retrying"
 
     def _status_line(self) -> str:
         stats = self.pipeline.stats.snapshot() if self.pipeline is not None else None
         return status_line(self.slot, stats, self.source, self.publisher.connected.is_set())
 
     def _service_tick(self, now: float) -> None:
-        """READY once the first frame is processed (or the camera is being retried: the agent is
-        up and doing its job), then STATUS and watchdog pings while healthy."""
-        assert self.pipeline is not None and self.source is not None
-        if not self._ready and (
-            self.pipeline.stats.frames > 0 or self.source.status.state == "retrying"
-        ):
-            self._ready = True
-            self.notifier.ready(self._status_line())
-            log.info("ready: %s", self._status_line())
-        interval = self.notifier.watchdog_interval
-        if interval is None or now < self._next_ping:
-            return
-        self._next_ping = now + interval
-        if self.healthy():
-            self.notifier.watchdog()
-            self.notifier.status(self._status_line())
-        else:
-            log.error(
-                "pipeline stalled (inference %.0f s, camera read %.0f s): no watchdog ping",
-                self.pipeline.stalled_for(),
-                self.source.stalled_for(),
-            )
+        """READY once up, then STATUS and watchdog pings while every heartbeat is well."""
+        self.service.tick(now)
 
     def _handle_incoming(self, topic: str, payload: bytes) -> None:
         c = self.config

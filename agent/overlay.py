@@ -1,5 +1,5 @@
 """Live config changes (``config/set``) persisted as an overlay file in the state folder, so they
-survive a restart; applied over the config file at start."""
+survive a restart; applied over the config file at start. A damaged overlay is set aside."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from agent.atomic import write_atomic
 from agent.config import Config
+from agent.damaged import set_aside
 from agent.errors import ConfigError
 
 
@@ -36,13 +37,25 @@ def merged(config: Config, patch: dict[str, Any]) -> Config:
 
 
 def read_overlay(path: Path) -> dict[str, Any]:
+    """The persisted live settings; a file that cannot be read as a YAML mapping is damaged: it
+    is set aside (``agent.damaged``) and the agent goes on with none."""
     if not path.is_file():
         return {}
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the live-settings overlay: {exc}") from exc
-    return data if isinstance(data, dict) else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        set_aside(path, f"not readable as YAML: {_one_line(exc)}")
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        set_aside(path, f"not a mapping of settings but a {type(data).__name__}")
+        return {}
+    return data
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def write_overlay(path: Path, data: dict[str, Any]) -> None:
@@ -51,11 +64,13 @@ def write_overlay(path: Path, data: dict[str, Any]) -> None:
 
 
 def with_overlay(config: Config) -> Config:
-    """The config with the persisted live settings applied (a bad overlay is reported)."""
+    """The config with the persisted live settings applied. An overlay that no longer fits the
+    config (edited by hand, or from an older version) is set aside, and the config used as is."""
     overlay = read_overlay(config.overlay_path)
     if not overlay:
         return config
     try:
         return merged(config, overlay)
     except ConfigError as exc:
-        raise ConfigError(f"{config.overlay_path}: {exc}") from exc
+        set_aside(config.overlay_path, f"its settings are invalid: {exc}")
+        return config

@@ -1,5 +1,6 @@
 """systemd integration without a dependency: the sd_notify datagram protocol (READY, STATUS,
-WATCHDOG, STOPPING, RELOADING). Outside systemd ($NOTIFY_SOCKET unset) every call is silent."""
+WATCHDOG, STOPPING, RELOADING), and the one service loop that pings the watchdog only while every
+heartbeat is well. Outside systemd ($NOTIFY_SOCKET unset) every notify call is silent."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+from agent.health import Heartbeats
 
 log = logging.getLogger("agent.service")
 
@@ -70,3 +73,69 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class ServiceLoop:
+    """READY once ``is_ready()`` holds, then every half watchdog period ``WATCHDOG=1`` and
+    ``STATUS=`` while no heartbeat is stuck or dead. A change in what is stuck is logged (ERROR
+    when something is) and passed to ``on_change`` (the retained status says which).
+
+    Called from the process's control loop (the camera agent and the split tail share it)."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        health: Heartbeats,
+        status_line: Callable[[], str],
+        is_ready: Callable[[], bool] = lambda: True,
+        on_change: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.notifier = notifier
+        self.health = health
+        self.status_line = status_line
+        self.is_ready = is_ready
+        self.on_change = on_change
+        self.ready = False
+        self.stuck: list[str] = []
+        self._next_ping = 0.0
+        self._next_check = 0.0
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if not self.ready and self.is_ready():
+            self.ready = True
+            line = self.status_line()
+            self.notifier.ready(line)
+            log.info("ready: %s", line)
+        if now >= self._next_check:
+            self._next_check = now + 0.5
+            self._check()
+        interval = self.notifier.watchdog_interval
+        if interval is None or now < self._next_ping:
+            return
+        self._next_ping = now + interval
+        self._check()  # fresh: a ping must never vouch for a part that just got stuck
+        if not self.stuck:
+            self.notifier.watchdog()
+            self.notifier.status(self.status_line())
+        else:  # no ping: the service manager restarts the agent after WatchdogSec
+            self.notifier.status("unhealthy: " + ", ".join(self.stuck))
+
+    def healthy(self) -> bool:
+        return not self.health.stuck()
+
+    def _check(self) -> None:
+        problems = self.health.problems()
+        stuck = sorted(problems)
+        if stuck == self.stuck:
+            return
+        self.stuck = stuck
+        if stuck:
+            log.error(
+                "unhealthy, no watchdog ping: %s",
+                "; ".join(f"{name} {why}" for name, why in sorted(problems.items())),
+            )
+        else:
+            log.info("healthy again: watchdog pings resume")
+        if self.on_change is not None:
+            self.on_change(stuck)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import os
 import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +31,63 @@ from agent.localbroker import LocalBroker, mosquitto_binary
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 MEDIA = MODELS / "media"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "expect_thread_errors(reason): the test provokes errors logged by other threads on "
+        "purpose; without it any such error fails the test",
+    )
+
+
+class _ThreadErrors(logging.Handler):
+    """Records an error, or any record with a traceback, logged by a thread other than the
+    main one (the test's): a thread that fails quietly is a bug even when assertions pass."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == threading.main_thread().ident:
+            return
+        if record.levelno >= logging.ERROR or record.exc_info:
+            text = f"[{record.threadName}] {record.name} {record.levelname}: {record.getMessage()}"
+            if record.exc_info and record.exc_info[1] is not None:
+                text += "\n" + "".join(traceback.format_exception(record.exc_info[1]))
+            self.found.append(text)
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_thread_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Home Assistant's rule: an exception (or error) logged by any thread during a test, or a
+    thread that dies of one, fails that test unless it is marked ``expect_thread_errors``."""
+    handler = _ThreadErrors()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous_hook = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else "?"
+        handler.found.append(
+            f"[{name}] died: "
+            + "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+        )
+        previous_hook(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous_hook
+        root.removeHandler(handler)
+    if handler.found and request.node.get_closest_marker("expect_thread_errors") is None:
+        pytest.fail(
+            f"{len(handler.found)} error(s) logged by other threads during the test (mark it "
+            "expect_thread_errors if they are provoked on purpose):\n" + "\n".join(handler.found),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,11 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.localbroker import LocalBroker, mosquitto_binary
 from agent.publish.outbox import Outbox
-from tests.conftest import MEDIA
+from tests.conftest import MEDIA, Subscriber
 
 
 def test_outbox_assigns_consecutive_seq_that_survives_reopening(tmp_path: Path) -> None:
@@ -171,3 +174,165 @@ def test_messages_queued_before_a_kill_9_arrive_after_restart(
     assert max(seqs) >= target, second.output()
     assert_no_gaps(seqs)
     assert "undelivered messages from before" in second.output()
+
+
+# --- a full disk: reported, retried, nothing stored is lost; QoS 0 deleted only once written ---
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 3 MB filesystem (tmpfs) to fill up, as an SD card fills."""
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to make a small filesystem with")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m,mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write a file until the filesystem has not one byte left."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 16, 1 << 12, 1 << 8, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError, match="No space left"):
+        (folder / "probe").write_bytes(b"x")
+    return filler
+
+
+def test_a_full_disk_refuses_new_messages_keeps_the_stored_ones_and_recovers(
+    small_disk: Path,
+) -> None:
+    box = Outbox(small_disk / "outbox.sqlite", retry_max_s=0.2)
+    for _ in range(20):
+        assert box.put("t", lambda s: b"x" * 500) is not None
+    stored = box.peek(limit=100)
+    filler = fill(small_disk)
+    results = [box.put("t", lambda s: b"y" * 500) for _ in range(300)]
+    assert None in results  # the disk is full: refused, not raised
+    assert box.error is not None and "full" in box.error
+    box.ack([m.id for m in stored[:10]])  # delivered meanwhile: kept to delete later
+    time.sleep(0.3)
+    box.retry()  # still full: still kept, no exception
+    assert box.error is not None
+    accepted = [r for r in results if r is not None]
+    filler.unlink()
+    time.sleep(0.3)  # past the backoff
+    box.retry()
+    assert box.error is None
+    seq = box.put("t", lambda s: b"z")
+    assert seq == 20 + len(accepted) + 1  # no seq was spent on a refused message
+    left = box.peek(limit=1000)
+    assert [m.seq for m in left] == list(range(11, seq + 1))
+    assert box.depth == len(left)
+    assert box.refused == results.count(None)
+    box.close()
+
+
+def outbox_error(status: dict[str, Any]) -> object:
+    return status.get("outbox", {}).get("error")
+
+
+def test_a_full_disk_is_reported_and_delivery_resumes_when_space_is_back(
+    durable_broker, small_disk, write_config, run_agent, assets
+):
+    sub = DurableSubscriber(durable_broker.port, "edge-agent/cam-outage/detections")
+    config = outage_config(durable_broker.port, assets)
+    agent = run_agent(write_config({**config, "store": {"path": str(small_disk)}}))
+    before = sub.collect(lambda r: len(r) >= 5, timeout=60)
+    durable_broker.stop()
+    time.sleep(3)  # ~30 detections queue up in the outbox
+    filler = fill(small_disk)
+    deadline = time.monotonic() + 30
+    while "cannot be written" not in agent.output() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "cannot be written" in agent.output(), agent.output()
+    durable_broker.start()
+    # The drainer delivers what was queued although the disk cannot record the deliveries,
+    # and the retained status says why nothing new is stored.
+    status = Subscriber(durable_broker.port, ["edge-agent/cam-outage/status"])
+    try:
+        full = status.wait_for("/status", lambda s: "full" in str(outbox_error(s)))
+        assert full["stuck"] == [], full
+        queued_max = max(sub.collect(lambda r: False, timeout=5))
+        assert agent.proc.poll() is None
+        filler.unlink()
+        status.wait_for(
+            "/status", lambda s: s["state"] == "online" and outbox_error(s) is None, timeout=30
+        )
+        sub.collect(lambda r: max(r) >= queued_max + 20, timeout=60)
+    finally:
+        status.close()
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(30) == 0
+    seqs = sub.drain()
+    sub.close()
+    assert seqs[0] == before[0] and max(seqs) >= queued_max + 20, agent.output()
+    assert_no_gaps(seqs)  # nothing queued was lost; refused ones never took a seq
+    out = agent.output()
+    assert out.count("cannot be written") == 1, out  # ERROR once, then quiet retries
+    assert "writable again" in out
+
+
+def test_qos0_messages_stay_queued_until_paho_has_written_them(broker, subscriber, tmp_path):
+    """A broker that hangs (SIGSTOP) and then dies: paho accepted the QoS 0 messages it could
+    not write and dropped them at the reconnect; the outbox still has them and sends them."""
+    from agent.config import MqttConfig
+    from agent.publish import MqttPublisher
+
+    box = Outbox(tmp_path / "o.sqlite")
+    mqtt_config = MqttConfig(host="127.0.0.1", port=broker.port, keepalive=120)
+    publisher = MqttPublisher(mqtt_config, "qos0", outbox=box)
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        assert broker.process is not None
+        os.kill(broker.process.pid, signal.SIGSTOP)  # reads nothing more: socket buffers fill
+        padding = "p" * 100_000
+        total = 400  # 40 MB: far more than the kernel buffers of one loopback connection
+        for _ in range(total):
+            publisher.send(
+                "edge-agent/qos0/detections",
+                lambda seq: json.dumps({"seq": seq, "pad": padding}).encode(),
+                qos=0,
+            )
+        depth, still = box.depth, 0.0
+        while still < 1.5:  # until the drainer and paho have done what they can
+            time.sleep(0.5)
+            still = still + 0.5 if box.depth == depth else 0.0
+            depth = box.depth
+        assert depth > 0, "every QoS 0 message was deleted although paho could not write it"
+        os.kill(broker.process.pid, signal.SIGKILL)
+        broker.process.wait()
+        broker.stop()
+        broker.start()
+        sub = subscriber("edge-agent/qos0/detections")
+        seqs: list[int] = []
+        deadline = time.monotonic() + 60
+        while (not seqs or seqs[-1] < total) and time.monotonic() < deadline:
+            seqs.append(sub.wait_for("/detections", timeout=60)["seq"])
+        # The first ones were written into the socket of the broker that died (QoS 0: at most
+        # once); every one paho had not written arrives, in order, up to the last.
+        assert seqs and seqs[-1] == total and len(seqs) >= depth
+        assert seqs == list(range(seqs[0], total + 1))
+        deadline = time.monotonic() + 10
+        while box.depth and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert box.depth == 0
+    finally:
+        publisher.close(timeout=1)

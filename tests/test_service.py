@@ -180,6 +180,7 @@ def test_sighup_reloads_a_changed_threshold(
     assert "config reloaded" in agent.output()
 
 
+@pytest.mark.expect_thread_errors("the hung inference is reported at ERROR on purpose")
 def test_a_hung_inference_stops_the_watchdog_pings(
     broker, tmp_path, assets, notify_socket, monkeypatch
 ):

@@ -369,6 +369,7 @@ def test_missing_camera_device_is_retried(started: list[FrameSource]) -> None:
     assert "/dev/video99" in (source.status.last_error or "")
 
 
+@pytest.mark.expect_thread_errors("the status callback raises on purpose; the source logs it")
 def test_callback_that_raises_does_not_stop_the_source(
     video: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -312,6 +312,7 @@ def test_a_model_10x_slower_in_trial_is_refused(
     refused(rig, "trial", version="3.0.0")
 
 
+@pytest.mark.expect_thread_errors("the swapped-in model fails on every frame on purpose")
 def test_a_model_that_fails_after_the_swap_is_rolled_back(rig: Rig, monkeypatch) -> None:
     real_load = Detector.load
 

@@ -1,6 +1,7 @@
 """The MQTT connection: paho 2.x with a retained last will, "online" and re-subscription on every
 connect, paho's reconnect with capped backoff, TLS, and a drainer thread that sends the disk outbox
-in order. paho callbacks only record state or enqueue; they never block or do real work."""
+in order (a supervised thread with a heartbeat: a full disk is reported and retried, a crash is
+seen by the watchdog). paho callbacks only record state or enqueue; they never block or work."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig, mqtt_password
 from agent.errors import PublishError
+from agent.health import Heartbeat, Heartbeats, supervised
 from agent.publish.outbox import Outbox
 from agent.publish.payloads import status_message
 from agent.publish.topics import Topics
@@ -27,6 +29,23 @@ log = logging.getLogger("agent.mqtt")
 # CONNACK reason codes that retrying cannot fix (MQTT 5 values; paho maps 3.1.1's 4 and 5 to them).
 _AUTH_FAILURES = {134: "bad user name or password", 135: "not authorized"}
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class _LostConnectionIsAWarning(logging.Filter):
+    """paho logs a reset or timed-out socket (and each failed reconnect) at ERROR; for us a
+    broker that went away is retried and reported (``_on_disconnect`` and ``_on_connect_fail``
+    warn), not an error. paho's other errors stay errors."""
+
+    _PREFIXES = ("failed to receive on socket", "timeout on socket", "Client is not connected")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith(self._PREFIXES):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_paho_log = logging.getLogger("agent.mqtt.paho")
+_paho_log.addFilter(_LostConnectionIsAWarning())
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
@@ -55,9 +74,11 @@ class MqttPublisher:
     """Publishes to ``{prefix}/{device_id}/...`` and receives subscribed messages.
 
     ``send`` puts a message in the disk outbox (when there is one) and returns at once; the drainer
-    thread hands stored messages to paho in order while connected and deletes each one when the
-    broker acknowledges it. paho resends what is in flight after a reconnect; after a restart the
-    drainer starts again from the oldest unacknowledged message.
+    thread hands stored messages to paho in order while connected and deletes each one once paho
+    is done with it: for QoS 1 and 2 when the broker acknowledges it, for QoS 0 when paho has
+    written it to the socket (its ``on_publish``). paho resends QoS 1 and 2 in flight after a
+    reconnect; the drainer resends QoS 0 messages that a lost connection left unwritten. After a
+    restart the drainer starts again from the oldest message not deleted.
     """
 
     def __init__(
@@ -68,6 +89,7 @@ class MqttPublisher:
         outbox: Outbox | None = None,
         status_extra: Callable[[], dict[str, object]] | None = None,
         window: int = 256,
+        health: Heartbeats | None = None,
     ) -> None:
         self.config = config
         self.topics = Topics(config.topic_prefix, device_id)
@@ -83,19 +105,26 @@ class MqttPublisher:
         self._subscriptions: list[tuple[str, int]] = []
         self._window = window
         self._inflight: dict[int, int] = {}  # paho mid -> outbox id
+        # QoS 0 handed to paho but not yet written: paho mid -> (outbox id, connection number).
+        # paho drops unwritten QoS 0 packets when the connection is lost; these are sent again.
+        self._unwritten: dict[int, tuple[int, int]] = {}
         self._inflight_lock = threading.Lock()
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._acks_direct: list[int] = []  # outbox ids to delete without a paho ack
         self._last_sent = 0  # outbox id of the newest message handed to paho
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._drainer: threading.Thread | None = None
+        self.health = health if health is not None else Heartbeats()
+        self._heartbeat: Heartbeat | None = None
+        self._reported_error: str | None = None
         protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id or f"edge-agent-{device_id}",
             protocol=protocol,
         )
-        self._client.enable_logger(logging.getLogger("agent.mqtt.paho"))
+        self._client.enable_logger(_paho_log)
         self._client.reconnect_delay_set(min_delay=1, max_delay=int(config.reconnect_max_s))
         self._client.max_inflight_messages_set(64)
         if config.username:
@@ -184,32 +213,71 @@ class MqttPublisher:
     # --- the drainer thread ---
 
     def _drain_loop(self) -> None:
-        assert self.outbox is not None
+        assert self.outbox is not None and self._heartbeat is not None
         while not self._stop.is_set():
+            self._heartbeat.beat()
             self._wake.wait(0.5)
             self._wake.clear()
             self._collect_acks()
+            if self.outbox.retry_due:
+                self.outbox.retry()
+            self._report_outbox_error()
             if not self.connected.is_set():
                 continue
+            self._resend_unwritten()
             with self._inflight_lock:
                 room = self._window - len(self._inflight)
             if room <= 0:
                 continue
             batch = self.outbox.peek(after_id=self._last_sent, limit=room)
             for m in batch:
-                info = self._client.publish(m.topic, m.payload, qos=m.qos)
-                if m.qos == 0:
-                    self.outbox.ack([m.id])
-                else:
-                    with self._inflight_lock:
-                        self._inflight[info.mid] = m.id
+                if not self._hand_over(m.id, m.topic, m.payload, m.qos):
+                    break  # the connection went: the rest waits for the next one
                 self._last_sent = m.id
-            if len(batch) == room:
-                self._wake.set()  # more waiting: go on without sleeping
+            else:
+                if batch and len(batch) == room:
+                    self._wake.set()  # more waiting: go on without sleeping
+
+    def _hand_over(self, outbox_id: int, topic: str, payload: bytes, qos: int) -> bool:
+        """Give one stored message to paho; False when paho did not take it (QoS 0 while the
+        connection is down: it must stay for the next connection)."""
+        connection = self.connects
+        with self._inflight_lock:  # before paho can call on_publish for it
+            try:
+                info = self._client.publish(topic, payload, qos=qos)
+            except ValueError as exc:  # a topic or payload no broker would take: never deliverable
+                log.error(
+                    "outbox message %d to %r cannot be sent (%s): dropped", outbox_id, topic, exc
+                )
+                self._acks_direct.append(outbox_id)
+                return True
+            if qos == 0:
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    return False
+                self._unwritten[info.mid] = (outbox_id, connection)
+            # QoS 1/2: paho keeps it (and resends it after a reconnect) even when not connected.
+            self._inflight[info.mid] = outbox_id
+        return True
+
+    def _resend_unwritten(self) -> None:
+        """QoS 0 messages paho never wrote because their connection was lost: send them again."""
+        connection = self.connects
+        with self._inflight_lock:
+            lost = [mid for mid, (_, conn) in self._unwritten.items() if conn != connection]
+            ids = []
+            for mid in lost:
+                ids.append(self._unwritten.pop(mid)[0])
+                self._inflight.pop(mid, None)
+        if not ids:
+            return
+        assert self.outbox is not None
+        for m in self.outbox.fetch(ids):
+            if not self._hand_over(m.id, m.topic, m.payload, m.qos):
+                return
 
     def _collect_acks(self) -> None:
-        ids = []
         with self._inflight_lock:
+            ids, self._acks_direct = self._acks_direct, []
             while True:
                 try:
                     mid = self._acks.get_nowait()
@@ -217,13 +285,28 @@ class MqttPublisher:
                     break
                 if mid in self._inflight:
                     ids.append(self._inflight.pop(mid))
+                    self._unwritten.pop(mid, None)
         if ids and self.outbox is not None:
             self.outbox.ack(ids)
+
+    def _report_outbox_error(self) -> None:
+        assert self.outbox is not None
+        error = self.outbox.error
+        if error != self._reported_error:
+            self._reported_error = error
+            self.publish_status("online")  # the retained status says it (and when it is over)
 
     # --- public ---
 
     def status_payload(self, state: str) -> bytes:
-        return status_message(state, **self._status_extra())
+        extra = dict(self._status_extra())
+        if self.outbox is not None:
+            extra["outbox"] = {
+                "depth": self.outbox.depth,
+                "error": self.outbox.error,
+                "refused": self.outbox.refused,
+            }
+        return status_message(state, **extra)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Subscribe now and after every reconnect; messages arrive on ``incoming``."""
@@ -253,11 +336,13 @@ class MqttPublisher:
             raise PublishError(f"MQTT {self.config.host}:{self.config.port}: {exc}") from exc
         self._client.loop_start()
         if self.outbox is not None:
-            self._drainer = threading.Thread(target=self._drain_loop, name="outbox", daemon=True)
+            self._heartbeat = self.health.register("outbox")
+            self._drainer = supervised("outbox", self._drain_loop, self._heartbeat)
             self._drainer.start()
 
-    def send(self, topic: str, build: Callable[[int], bytes], qos: int = 1) -> int:
-        """Queue ``build(seq)`` for ``topic``: through the outbox when there is one."""
+    def send(self, topic: str, build: Callable[[int], bytes], qos: int = 1) -> int | None:
+        """Queue ``build(seq)`` for ``topic``: through the outbox when there is one (None: the
+        outbox cannot store it now, see ``outbox.error``)."""
         if self.outbox is not None:
             seq = self.outbox.put(topic, build, qos)
             self._wake.set()

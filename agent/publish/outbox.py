@@ -8,6 +8,7 @@ and kept in the database, so it increases by one per message across restarts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -15,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.damaged import set_aside
 
 log = logging.getLogger("agent.outbox")
 
@@ -32,6 +35,17 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0), ('dropped', 0);
 """
 
 
+_DAMAGE_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """The file itself is bad (not a full disk, not a permission problem)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGE_CODES
+    return type(exc) is sqlite3.DatabaseError  # ours: integrity check, schema not ours
+
+
 @dataclass(frozen=True)
 class Message:
     id: int
@@ -42,50 +56,104 @@ class Message:
 
 
 class Outbox:
-    """A bounded, persistent FIFO of outgoing messages. Thread-safe."""
+    """A bounded, persistent FIFO of outgoing messages. Thread-safe.
 
-    def __init__(self, path: str | Path, max_messages: int = 100_000) -> None:
+    A disk that fills up (or fails) never raises out of ``put`` or ``ack``: ``put`` stores
+    nothing and returns None, ``ack`` keeps the ids and deletes them at a later call; ``error``
+    says why, retries back off up to ``retry_max_s``, and it clears once a write succeeds again.
+    Nothing already stored is lost meanwhile. A file that is not a readable database is set aside
+    (``agent.damaged``) and a fresh outbox started.
+    """
+
+    def __init__(
+        self, path: str | Path, max_messages: int = 100_000, retry_max_s: float = 5.0
+    ) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.max_messages = max_messages
+        self.retry_max_s = retry_max_s
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a power cut may lose the last few commits, never corrupt the file.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            set_aside(self.path, f"not a readable outbox database: {exc}", ("-wal", "-shm"))
+            self._db = self._open()
         self._unreported = 0
         self._last_warning = -60.0
         self._depth = int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        self.error: str | None = None  # why the last write failed; None once writes succeed
+        self.refused = 0  # messages that could not be stored (disk full)
+        self._failed_since = 0.0
+        self._retry_at = 0.0
+        self._retry_s = 0.0
+        self._acks: list[int] = []  # delivered, not yet deleted (a write failed)
 
-    def put(self, topic: str, build: Callable[[int], bytes], qos: int = 1) -> int:
-        """Store the message ``build(seq)`` under the next ``seq``; returns that ``seq``."""
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a power cut may lose the last few commits, never corrupt it.
+            db.execute("PRAGMA synchronous=NORMAL")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        try:  # an SQLite file, but is it ours?
+            db.execute("SELECT id, seq, topic, payload, qos, created FROM messages LIMIT 1")
+            int(db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0])
+        except (sqlite3.OperationalError, TypeError, ValueError) as exc:
+            db.close()
+            raise sqlite3.DatabaseError(f"not an outbox: {exc}") from exc
+        return db
+
+    def put(self, topic: str, build: Callable[[int], bytes], qos: int = 1) -> int | None:
+        """Store the message ``build(seq)`` under the next ``seq``; returns that ``seq``, or None
+        when it cannot be stored now (see ``error``)."""
         with self._lock:
+            if self.error is not None and time.monotonic() < self._retry_at:
+                self.refused += 1
+                return None
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
             try:
-                seq = int(db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]) + 1
-                db.execute("UPDATE meta SET value=? WHERE key='seq'", (seq,))
-                db.execute(
-                    "INSERT INTO messages (seq, topic, payload, qos, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (seq, topic, build(seq), qos, time.time()),
-                )
-                self._depth += 1
-                over = self._depth - self.max_messages
-                if over > 0:
-                    db.execute(
-                        "DELETE FROM messages WHERE id IN "
-                        "(SELECT id FROM messages ORDER BY id LIMIT ?)",
-                        (over,),
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    seq = (
+                        int(db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]) + 1
                     )
-                    db.execute("UPDATE meta SET value=value+? WHERE key='dropped'", (over,))
-                    self._depth -= over
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                    db.execute("UPDATE meta SET value=? WHERE key='seq'", (seq,))
+                    db.execute(
+                        "INSERT INTO messages (seq, topic, payload, qos, created) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (seq, topic, build(seq), qos, time.time()),
+                    )
+                    depth = self._depth + 1
+                    over = depth - self.max_messages
+                    if over > 0:
+                        db.execute(
+                            "DELETE FROM messages WHERE id IN "
+                            "(SELECT id FROM messages ORDER BY id LIMIT ?)",
+                            (over,),
+                        )
+                        db.execute("UPDATE meta SET value=value+? WHERE key='dropped'", (over,))
+                        depth -= over
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # SQLite may have rolled back on its own (disk full)
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                self.refused += 1
+                self._write_failed(exc)
+                return None
+            self._depth = depth
+            self._write_succeeded()
         if over > 0:
             self._warn_dropped(over)
         return seq
@@ -113,12 +181,81 @@ class Outbox:
         return [Message(int(r[0]), int(r[1]), str(r[2]), bytes(r[3]), int(r[4])) for r in rows]
 
     def ack(self, ids: list[int]) -> None:
-        """Forget messages the broker has acknowledged."""
-        if not ids:
-            return
+        """Forget messages the broker has acknowledged (kept and retried while the disk is
+        full: a restart before that sends them again, which QoS 1 allows)."""
         with self._lock:
-            cur = self._db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
+            self._acks.extend(ids)
+            if not self._acks or (self.error is not None and time.monotonic() < self._retry_at):
+                return
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")  # all or none, so ``depth`` stays exact
+                try:
+                    cur = db.executemany(
+                        "DELETE FROM messages WHERE id = ?", [(i,) for i in self._acks]
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                self._write_failed(exc)
+                return
             self._depth -= max(cur.rowcount, 0)
+            self._acks.clear()
+            self._write_succeeded()
+
+    def retry(self) -> None:
+        """Retry the deletions a full disk held back, when their backoff is over."""
+        self.ack([])
+
+    @property
+    def retry_due(self) -> bool:
+        return bool(self._acks) and time.monotonic() >= self._retry_at
+
+    def fetch(self, ids: list[int]) -> list[Message]:
+        """The stored messages with these ids, oldest first (those still stored)."""
+        if not ids:
+            return []
+        with self._lock:
+            marks = ",".join("?" * len(ids))
+            rows = self._db.execute(
+                "SELECT id, seq, topic, payload, qos FROM messages "
+                f"WHERE id IN ({marks}) ORDER BY id",
+                ids,
+            ).fetchall()
+        return [Message(int(r[0]), int(r[1]), str(r[2]), bytes(r[3]), int(r[4])) for r in rows]
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        # Caller holds the lock. ERROR once per episode, then quiet retries with backoff.
+        now = time.monotonic()
+        if self.error is None:
+            self._failed_since = now
+            self._retry_s = 0.5
+            log.error(
+                "outbox %s cannot be written (%s): new messages are not stored and delivered "
+                "ones are not yet deleted; nothing stored is lost, retrying until space is back",
+                self.path,
+                exc,
+            )
+        else:
+            self._retry_s = min(self.retry_max_s, self._retry_s * 2)
+        self.error = f"outbox {self.path}: {exc}"
+        self._retry_at = now + self._retry_s
+
+    def _write_succeeded(self) -> None:
+        # Caller holds the lock.
+        if self.error is None:
+            return
+        log.info(
+            "outbox %s writable again after %.0f s; %d messages could not be stored meanwhile",
+            self.path,
+            time.monotonic() - self._failed_since,
+            self.refused,
+        )
+        self.error = None
 
     @property
     def depth(self) -> int:

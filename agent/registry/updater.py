@@ -34,6 +34,7 @@ import yaml
 from agent import __version__
 from agent.atomic import write_atomic
 from agent.config import RegistryConfig
+from agent.damaged import set_aside
 from agent.detection import Detector
 from agent.detection.detector import file_sha256
 from agent.errors import (
@@ -46,6 +47,7 @@ from agent.errors import (
     RegistryError,
     ResumableDownloadError,
 )
+from agent.health import Heartbeat, supervised
 from agent.registry.client import RegistryClient
 from agent.registry.manifest import Manifest, dump_json, load_index, load_manifest
 from agent.registry.names import check_name, is_newer
@@ -187,8 +189,8 @@ class Updater:
             return UpdateState(**data)
         except FileNotFoundError:
             return UpdateState()
-        except (ValueError, TypeError) as exc:
-            log.error("updater state %s unreadable (%s): starting from idle", self.state_path, exc)
+        except (OSError, ValueError, TypeError) as exc:  # a power cut mid-write, a bad sector
+            set_aside(self.state_path, f"unreadable update state, starting from idle: {exc}")
             return UpdateState()
 
     def _persist(self, state: State, **changes: Any) -> None:
@@ -455,8 +457,12 @@ class Updater:
             "active_after": before,
         }
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="updater", daemon=True)
+    def start(self, heartbeat: Heartbeat | None = None) -> None:
+        """Run the update loop on its own supervised thread; ``heartbeat`` (from the agent's
+        health registry) is beaten at least once a second and marked dead if the thread dies."""
+        if heartbeat is not None:
+            self.beat = heartbeat.beat
+        self._thread = supervised("updater", self._loop, heartbeat)
         self._thread.start()
 
     def stop(self) -> None:

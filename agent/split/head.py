@@ -329,8 +329,13 @@ class SplitHead:
                     max_tensors=self.config.max_tensors,
                     graph=model.graph,
                 )
-        except EdgeAgentError as exc:
-            log.error("split inference off for %s, running it whole here: %s", path, exc)
+        except Exception as exc:  # this thread must not die unseen: frames then run whole here
+            log.error(
+                "split inference off for %s, running it whole here: %s",
+                path,
+                exc,
+                exc_info=not isinstance(exc, EdgeAgentError),  # a bug: its traceback
+            )
             self.prepared.set()
             return
         if path != self._model_path:

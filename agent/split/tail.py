@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from agent.config import Config
+from agent.damaged import damaged_files
 from agent.detection.detector import Detector, DetectorSettings, decode_candidates
 from agent.errors import EXIT_CONFIG, EdgeAgentError, SplitError
-from agent.health import ProcessUsage
+from agent.health import Heartbeats, ProcessUsage, supervised
 from agent.publish import MqttPublisher
-from agent.service import Notifier
+from agent.service import Notifier, ServiceLoop
 from agent.split.codec import decode, encode
 from agent.split.parts import SplitModel
 
@@ -52,9 +53,20 @@ class TailAgent:
         )
         self.card = self.detector.card
         self._names = self.model.output_names
-        self.publisher = MqttPublisher(config.mqtt, config.device_id, status_extra=self._status)
+        self.health = Heartbeats(stall_s=config.service.stall_s)
+        self.publisher = MqttPublisher(
+            config.mqtt, config.device_id, status_extra=self._status, health=self.health
+        )
         self.topics = self.publisher.topics
         self.notifier = Notifier()
+        # The same service loop as the camera agent: READY, STATUS, and watchdog pings only
+        # while the worker beats (a tail run that hangs, or a crashed worker, stops them).
+        self.service = ServiceLoop(
+            self.notifier,
+            self.health,
+            self._status_line,
+            on_change=lambda stuck: self.publisher.publish_status("online"),
+        )
         self.usage = ProcessUsage()
         self._requests: queue.Queue[bytes] = queue.Queue(maxsize=backlog)
         self._stop = threading.Event()
@@ -62,7 +74,8 @@ class TailAgent:
         self.served = 0
         self.failed = 0
         self.dropped = 0
-        self._worker = threading.Thread(target=self._work, name="tail", daemon=True)
+        self._heartbeat = self.health.register("tail")
+        self._worker = supervised("tail", self._work, self._heartbeat)
 
     def _status(self) -> dict[str, object]:
         return {
@@ -72,7 +85,16 @@ class TailAgent:
                 "sha256": self.model.sha256,
             },
             "split": {"role": "tail"},
+            "stuck": self.service.stuck,
+            "damaged": damaged_files(),
         }
+
+    def _status_line(self) -> str:
+        return (
+            f"tail for {self.card.name} {self.card.version}, {self.served} served, "
+            f"{self.failed} refused, mqtt "
+            + ("connected" if self.publisher.connected.is_set() else "connecting")
+        )
 
     def _on_request(self, topic: str, payload: bytes) -> None:
         try:
@@ -87,10 +109,12 @@ class TailAgent:
 
     def _work(self) -> None:
         while not self._stop.is_set():
+            self._heartbeat.idle()  # waiting for a request is not a stall
             try:
                 payload = self._requests.get(timeout=0.5)
             except queue.Empty:
                 continue
+            self._heartbeat.beat()  # from here one request runs: at most ``service.stall_s``
             self._serve(payload)
 
     def _serve(self, payload: bytes) -> None:
@@ -191,19 +215,16 @@ class TailAgent:
             self.topics.base,
             REQUEST,
         )
-        self.notifier.ready(f"tail for {self.card.name} {self.card.version}")
         interval = self.config.publish.metrics_interval_s
         next_metrics = time.monotonic() + interval
-        next_ping = 0.0
-        while not self._stop.wait(0.2):
+        while True:
+            now = time.monotonic()
+            self.service.tick(now)
+            if self._stop.wait(0.2):
+                break
             if self.publisher.fatal:
                 self.stop()
                 return EXIT_CONFIG  # refused credentials: a restart cannot fix them
-            now = time.monotonic()
-            ping = self.notifier.watchdog_interval
-            if ping is not None and now >= next_ping and self._worker.is_alive():
-                next_ping = now + ping
-                self.notifier.watchdog()
             if now >= next_metrics:
                 next_metrics = now + interval
                 self.publisher.publish(
