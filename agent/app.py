@@ -8,12 +8,10 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from agent import __version__
 from agent.commands import CommandError, CommandProcessor
@@ -29,6 +27,7 @@ from agent.publish import MqttPublisher
 from agent.publish.homeassistant import discovery_messages
 from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
+from agent.registry.trial_frames import RecentFrames
 from agent.service import Notifier
 from agent.sources import FrameSource, SourceStatus, open_source
 
@@ -69,7 +68,10 @@ class Agent:
             status_extra=self._status_extra,
         )
         self.topics = self.publisher.topics
-        self._recent: deque[np.ndarray] = deque(maxlen=10)
+        # Real frames for a new model's trial, scaled down; only where updates can come from.
+        self._recent = (
+            RecentFrames(self.config.registry.trial_frames) if self.config.registry else None
+        )
         self.model_info: dict[str, Any] = {}
         self.split: SplitHead | None = None
         if self.config.split.role == "head":
@@ -128,7 +130,8 @@ class Agent:
 
     def _on_result(self, result: Result) -> None:
         self._latest = result
-        self._recent.append(result.frame.image)  # real frames for a new model's trial
+        if self._recent is not None:
+            self._recent.add(result.frame.image)
         if not self._should_publish(result):
             return
         self._last_publish = time.monotonic()
@@ -144,7 +147,7 @@ class Agent:
                 h,
                 frame.ts,
                 (result.model_name, result.model_version),
-                (result.times.inference, result.times.total),
+                result.latency_ms(),  # measured now: the hand-off to MQTT
                 objects,
             )
 
@@ -384,7 +387,7 @@ class Agent:
         self.pipeline.start()
         if self.updater is not None:
             self.updater.pipeline = self.pipeline
-            self.updater.recent_frames = lambda: list(self._recent)
+            self.updater.recent_frames = self._recent.frames if self._recent else list
             self.updater.start()
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
