@@ -25,7 +25,9 @@ log = logging.getLogger("agent")
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.app import Agent
     from agent.config import load_config
+    from agent.memory import return_large_blocks
 
+    return_large_blocks()  # before the model loads: see agent/memory.py
     config = load_config(args.config)
     if config.split.role == "tail":
         from agent.split.tail import TailAgent
