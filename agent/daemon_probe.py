@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -257,7 +258,7 @@ def soak(
 ) -> dict[str, object]:
     """Run the daemon for ``minutes``, one row of RSS, threads and open files every
     ``interval_s``; returns the growth after the warm-up (default: a tenth of the run, at least
-    one interval, at most 5 minutes). The table goes to ``out`` as it is measured."""
+    one interval, at most 5 minutes) and the peak. The table goes to ``out`` as it is measured."""
     duration = minutes * 60
     warmup = warmup_s if warmup_s is not None else min(300.0, max(interval_s, duration / 10))
     rows: list[ProcSample] = []
@@ -300,15 +301,20 @@ def soak(
             csv_fh.close()
     after = [r for r in rows if r.elapsed_s >= warmup] or rows[-1:]
     first, last = after[0], rows[-1]
+    # RSS swings by a few MB as frames and tensors come and go: growth is the median of the last
+    # three samples against that of the first three after the warm-up.
+    span = min(3, max(1, len(after) // 2))
+    start_mb = statistics.median(r.rss_mb for r in after[:span])
+    end_mb = statistics.median(r.rss_mb for r in after[-span:])
     return {
         "minutes": minutes,
         "samples": len(rows),
         "warmup_s": round(warmup, 1),
         "messages": last.messages,
-        "rss_mb_after_warmup": first.rss_mb,
+        "rss_mb_after_warmup": start_mb,
         "rss_mb_end": last.rss_mb,
-        "rss_growth_mb": round(last.rss_mb - first.rss_mb, 1),
-        "rss_max_mb": max(r.rss_mb for r in rows),
+        "rss_growth_mb": round(end_mb - start_mb, 1),
+        "rss_max_mb": max(r.rss_mb for r in after),
         "peak_rss_mb": last.peak_rss_mb,
         "threads_growth": last.threads - first.threads,
         "open_files_growth": last.open_files - first.open_files,
@@ -359,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--fps", type=float, default=5, help="source fps cap (default: %(default)s)")
     run.add_argument("--csv", type=Path, help="also write the samples to this CSV file")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the agent's process group and the broker are stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.mode == "bench":
         result = bench_daemon(
             model=args.model,
