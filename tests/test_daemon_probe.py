@@ -46,7 +46,8 @@ def test_soak_samples_rss_threads_and_open_files_and_reports_growth(tmp_path: Pa
         "soak", "--minutes", "0.2", "--interval", "3", "--warmup", "3", "--fps", "5",
         *FACE, *VIDEO, "--csv", str(table), "--json",
     )  # fmt: skip
-    rows = list(csv.DictReader(table.open()))
+    with table.open() as fh:
+        rows = list(csv.DictReader(fh))
     assert list(rows[0]) == [
         "elapsed_s",
         "rss_mb",
