@@ -9,12 +9,10 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from agent.commands import CommandProcessor, CommandTargets
 from agent.config import Config, load_config
@@ -28,6 +26,7 @@ from agent.pipeline import Pipeline, Result
 from agent.publish import MqttPublisher
 from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
+from agent.registry.trial_frames import RecentFrames
 from agent.reporting import Discovery, model_brief, model_message, status_extra, status_line
 from agent.service import Notifier, ServiceLoop
 from agent.serving import ModelSlot, RuntimeSpec, ServingInfo
@@ -83,7 +82,10 @@ class Agent:
             lambda: self.config.publish.snapshot_max_bytes,
         )
         self.discovery = Discovery(self.publisher, self.topics, self.slot, lambda: self.config)
-        self._recent: deque[np.ndarray] = deque(maxlen=10)
+        # Real frames for a new model's trial, scaled down; only where updates can come from.
+        self._recent = (
+            RecentFrames(self.config.registry.trial_frames) if self.config.registry else None
+        )
         self.split: SplitHead | None = None
         if self.config.split.role == "head":
             # Imported here: only a split head needs onnx and the split machinery.
@@ -101,7 +103,7 @@ class Agent:
                 self.slot,
                 configured=(self.config.model.path, self.config.model.card),
                 watched_labels=lambda: self.config.detection.labels,
-                recent_frames=lambda: list(self._recent),
+                recent_frames=self._recent.frames if self._recent else list,
                 frame_stats=lambda: self.pipeline.stats.snapshot() if self.pipeline else {},
                 on_change=self._on_update_change,
                 on_done=self._on_update_done,
@@ -148,7 +150,8 @@ class Agent:
 
     def _on_result(self, result: Result) -> None:
         self.snapshots.keep(result)
-        self._recent.append(result.frame.image)  # real frames for a new model's trial
+        if self._recent is not None:
+            self._recent.add(result.frame.image)
         if not self._should_publish(result):
             return
         self._last_publish = time.monotonic()
@@ -164,7 +167,7 @@ class Agent:
                 h,
                 frame.ts,
                 (result.model_name, result.model_version),
-                (result.times.inference, result.times.total),
+                result.latency_ms(),  # measured now: the hand-off to MQTT
                 objects,
             )
 

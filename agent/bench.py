@@ -90,7 +90,7 @@ def pipeline_fps(
                 h,
                 result.frame.ts,
                 (result.model_name, result.model_version),
-                (result.times.inference, result.times.total),
+                result.latency_ms(),
                 [d.to_dict() for d in result.detections],
             )
             publisher.publish(publisher.topics.detections, payload, qos=1)

@@ -26,8 +26,10 @@ log = logging.getLogger("agent")
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.app import Agent
     from agent.config import load_config
+    from agent.memory import return_large_blocks
     from agent.preflight import preflight
 
+    return_large_blocks()  # before the model loads: see agent/memory.py
     config = load_config(args.config)
     preflight(config, args.config)  # what a restart cannot fix: exit 78 before anything starts
     if config.split.role == "tail":

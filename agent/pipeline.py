@@ -1,10 +1,12 @@
 """Frame -> detections loop: two stages so preprocessing of the next frame overlaps inference
-of this one, per-stage timing; each frame runs with the model slot's detector of the moment, so a
-model is swapped only between two frames."""
+of this one, timed so the model always gets the newest frame; per-stage timing from capture on;
+each frame runs with the model slot's detector of the moment, so a model is swapped only between
+two frames."""
 
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 from collections import deque
@@ -32,6 +34,15 @@ class Result:
     model_name: str
     model_version: str
     done_ts: float
+    #: milliseconds the frame waited between capture and the model: for the prepare stage,
+    #: then, prepared, for the model to free up
+    queued_ms: float = 0.0
+
+    def latency_ms(self) -> tuple[float, float, float]:
+        """``(inference, total, queued)`` as the detections payload reports them; ``total`` runs
+        from the frame's capture to now, so call it where the result is handed to MQTT."""
+        total = (time.monotonic() - self.frame.mono) * 1e3
+        return self.times.inference, max(total, self.times.total), self.queued_ms
 
 
 @dataclass
@@ -41,6 +52,22 @@ class _Prepared:
     transform: Transform
     detector: Detector
     preprocess_ms: float
+    started: float  # monotonic: preprocessing began
+    ready: float  # monotonic: preprocessing ended
+
+
+class _Durations:
+    """The median of the last few durations of one stage, in seconds (0 before the first)."""
+
+    def __init__(self, window: int = 9) -> None:
+        self._last: deque[float] = deque(maxlen=window)
+
+    def add(self, seconds: float) -> None:
+        self._last.append(seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self._last) if self._last else 0.0
 
 
 class Offload(Protocol):
@@ -101,6 +128,13 @@ class Pipeline:
     thread) runs the model, decodes and calls ``on_result``. onnxruntime and TFLite release the
     GIL while they run, so the stages overlap. Each stage hands over through a one-slot mailbox,
     so a slow model never builds a backlog of stale frames.
+
+    While the model is busy, stage 1 waits until the model is due to free up (the median of its
+    last few frames) less the time preprocessing takes, and only then takes the newest frame: the
+    model gets a frame captured just before it frees up, not one captured a whole inference
+    earlier and kept waiting. A model that frees up sooner wakes stage 1 at once; one that is
+    late gets each newer frame prepared in place of the waiting one (not from a lossless
+    source, a file read as fast as it is taken, whose every frame is processed).
     """
 
     def __init__(
@@ -124,6 +158,11 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self.finished = threading.Event()
         self._infer_since: float | None = None
+        # guarded by _cond: when the infer stage is due to be free again (None: it is waiting)
+        self._busy_until: float | None = None
+        self._taken = 0  # items the infer stage took
+        self._cycle = _Durations()  # infer stage: take an item .. result handed on
+        self._prep = _Durations()
 
     @property
     def detector(self) -> Detector:
@@ -155,30 +194,69 @@ class Pipeline:
         for t in self._threads:
             t.join(timeout)
 
+    def _lead(self) -> float:
+        # twice the usual preprocessing: a frame a little early beats a model left waiting
+        return 2 * self._prep.median + 0.002
+
+    def _wait_for_the_model(self) -> int:
+        """Return once a frame read now would be prepared about when the model frees up, or,
+        while the model is late, at once (a newer frame replaces the waiting one). Returns the
+        count of items the model took so far."""
+        with self._cond:
+            while not self._stop.is_set():
+                due = self._busy_until
+                if self._slot is None:
+                    if due is None:
+                        break
+                    delay = due - self._lead() - time.monotonic()
+                    if delay <= 0:
+                        break
+                    self._cond.wait(min(delay, 0.5))
+                elif due is not None and due - self._lead() <= time.monotonic() and self._lossy:
+                    break  # a frame is ready but the model is late: prepare a newer one
+                else:
+                    self._cond.wait(0.5)
+            return self._taken
+
+    @property
+    def _lossy(self) -> bool:
+        return not self.source.lossless
+
     def _prepare_loop(self) -> None:
         try:
             while not self._stop.is_set():
+                taken = self._wait_for_the_model()
                 frame = self.source.read(timeout=0.5)
                 if frame is None:
                     if self.source.ended:
                         break
                     continue
                 detector = self.slot.detector
-                t0 = time.perf_counter()
+                started = time.monotonic()
                 try:
                     tensor, transform = detector.preprocess(frame.image)
                 except Exception:
                     self.stats.errors += 1
                     log.exception("preprocessing frame %s failed", frame.id)
                     continue
+                ready = time.monotonic()
+                self._prep.add(ready - started)
                 item = _Prepared(
-                    frame, tensor, transform, detector, (time.perf_counter() - t0) * 1e3
+                    frame, tensor, transform, detector, (ready - started) * 1e3, started, ready
                 )
                 with self._cond:
-                    # Lossless hand-over: wait for the infer stage to take the previous item.
-                    # Frames are dropped upstream, in the source's newest-frame mailbox.
-                    while self._slot is not None and not self._stop.is_set():
-                        self._cond.wait(0.5)
+                    if self._lossy:
+                        if self._slot is None and self._taken != taken:
+                            # The model took the frame this one was to replace and is busy
+                            # with it: this one would wait a whole inference. The next one is
+                            # read when the model is due to free up.
+                            continue
+                        # Replaces a frame the late model has not taken yet: newer is better.
+                    else:
+                        # Lossless hand-over: wait for the infer stage to take the previous
+                        # item; a file's every frame is processed.
+                        while self._slot is not None and not self._stop.is_set():
+                            self._cond.wait(0.5)
                     self._slot = item
                     self._cond.notify_all()
         finally:
@@ -190,21 +268,29 @@ class Pipeline:
         try:
             while True:
                 with self._cond:
+                    self._busy_until = None
+                    self._cond.notify_all()  # the prepare stage may go on at once
                     while self._slot is None and not self._prepare_done and not self._stop.is_set():
                         self._cond.wait(0.5)
                     item, self._slot = self._slot, None
+                    taken = time.monotonic()
+                    if item is not None:
+                        self._taken += 1
+                        self._busy_until = taken + self._cycle.median
                     self._cond.notify_all()
                 if item is None:
                     if self._prepare_done or self._stop.is_set():
                         return
                     continue
                 with self.slot.use() as detector:  # not closed before this frame ends
-                    self._process(item, detector)
+                    self._process(item, taken, detector)
+                self._cycle.add(time.monotonic() - taken)
         finally:
             self.finished.set()
 
-    def _process(self, item: _Prepared, detector: Detector) -> None:
+    def _process(self, item: _Prepared, taken: float, detector: Detector) -> None:
         times = StageTimes(preprocess=item.preprocess_ms)
+        queued_ms = ((item.started - item.frame.mono) + (taken - item.ready)) * 1e3
         try:
             tensor, transform = item.tensor, item.transform
             if item.detector is not detector:  # swapped since this frame was prepared
@@ -230,7 +316,13 @@ class Pipeline:
             return
         self.stats.record(times.total)
         result = Result(
-            item.frame, detections, times, detector.card.name, detector.card.version, time.time()
+            item.frame,
+            detections,
+            times,
+            detector.card.name,
+            detector.card.version,
+            time.time(),
+            max(0.0, queued_ms),
         )
         try:
             self.on_result(result)

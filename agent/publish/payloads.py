@@ -27,8 +27,13 @@ class ModelRef(_Payload):
 
 
 class Latency(_Payload):
+    """Milliseconds: ``inference`` the model's run; ``total`` from the frame's capture to its
+    hand-off to MQTT (preprocessing, inference, decoding and every wait between them);
+    ``queued`` the part of ``total`` the frame spent waiting for a stage to take it."""
+
     inference: float
     total: float
+    queued: float
 
 
 class ObjectPayload(_Payload):
@@ -66,15 +71,22 @@ def detections_message(
     height: int,
     ts: float,
     model: tuple[str, str],
-    latency_ms: tuple[float, float],
+    latency_ms: tuple[float, float] | tuple[float, float, float],
     objects: list[dict[str, object]],
 ) -> bytes:
+    """``latency_ms``: ``(inference, total)`` or ``(inference, total, queued)``, as
+    ``pipeline.Result.latency_ms()`` gives them."""
+    queued = latency_ms[2] if len(latency_ms) > 2 else 0.0
     body = {
         "seq": seq,
         "ts": round(ts, 3),
         "frame": {"id": frame_id, "width": width, "height": height},
         "model": {"name": model[0], "version": model[1]},
-        "latency_ms": {"inference": round(latency_ms[0], 2), "total": round(latency_ms[1], 2)},
+        "latency_ms": {
+            "inference": round(latency_ms[0], 2),
+            "total": round(latency_ms[1], 2),
+            "queued": round(queued, 2),
+        },
         "objects": objects,
     }
     return json.dumps(body, separators=(",", ":")).encode()

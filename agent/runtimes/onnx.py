@@ -53,6 +53,9 @@ def open_session(
         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     )
     options.log_severity_level = 3  # warnings about unused initializers are noise on a device
+    # The memory pattern plans one block per input shape ahead of the first run and keeps it
+    # beside the arena: ~45 MB more peak RSS for the person model, no measurable speed-up here.
+    options.enable_mem_pattern = False
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

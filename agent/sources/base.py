@@ -38,12 +38,16 @@ log = logging.getLogger("agent.sources")
 
 @dataclass(frozen=True)
 class Frame:
-    """One captured image; ``id`` increases per source from 0, across reconnects and loops."""
+    """One captured image; ``id`` increases per source from 0, across reconnects and loops.
+
+    ``ts`` is the wall-clock time of capture (published), ``mono`` the same instant on the
+    monotonic clock: the pipeline measures each frame's age and waits against it."""
 
     id: int
     ts: float
     image: npt.NDArray[np.uint8]
     source: str
+    mono: float = dataclasses.field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -240,6 +244,12 @@ class FrameSource:
             return self._snapshot()
 
     @property
+    def lossless(self) -> bool:
+        """Every frame is handed out, none dropped (a file or folder read as fast as it is
+        taken): a consumer must not drop any either. Known once the source is open."""
+        return self._lossless
+
+    @property
     def ended(self) -> bool:
         """A finite source reached its end and every frame was handed out."""
         with self._cond:
@@ -376,6 +386,7 @@ class FrameSource:
         self._busy_since = None
         if not grabbed:
             return False
+        captured = (time.time(), time.monotonic())  # the grab, not the end of decoding
         if self._cap_s:
             now = time.monotonic()
             if now < self._next_due:
@@ -390,19 +401,23 @@ class FrameSource:
         image = self._retrieve()
         self._busy_since = None
         if image is not None:
-            self._deliver(image)
+            self._deliver(image, captured)
         return True
 
-    def _deliver(self, image: npt.NDArray[np.uint8]) -> None:
+    def _deliver(
+        self, image: npt.NDArray[np.uint8], captured: tuple[float, float] | None = None
+    ) -> None:
         with self._cond:
             if self._lossless:
                 while self._slot is not None and not self._stop.is_set():
                     self._cond.wait()
                 if self._stop.is_set():
                     return
+                captured = None  # read on demand: its time is when the consumer can have it
             elif self._slot is not None:
                 self._status.dropped += 1
-            self._slot = Frame(self._next_id, time.time(), image, self._name)
+            ts, mono = captured or (time.time(), time.monotonic())
+            self._slot = Frame(self._next_id, ts, image, self._name, mono)
             self._next_id += 1
             self._status.frames += 1
             self._cond.notify_all()
