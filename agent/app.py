@@ -18,7 +18,7 @@ from agent.commands import CommandProcessor, CommandTargets
 from agent.config import Config, load_config
 from agent.damaged import damaged_files
 from agent.detection import DetectorSettings
-from agent.errors import EXIT_CONFIG, ConfigError
+from agent.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError
 from agent.health import Heartbeats, ProcessUsage
 from agent.live_config import LiveConfig
 from agent.overlay import with_overlay
@@ -385,7 +385,12 @@ class Agent:
                 self.publisher.publish(
                     self.topics.metrics, json.dumps(self.metrics()).encode(), qos=0
                 )
+        crashed = self.pipeline.crashed
         self.stop()
+        if crashed is not None:
+            # Not the end of a finite source: exit as a failure so the service manager restarts.
+            log.error("the pipeline stopped on an error (%s): exiting for a restart", crashed)
+            return EXIT_FAILURE
         return 0
 
     def stop(self) -> None:

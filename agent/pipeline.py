@@ -18,6 +18,7 @@ import numpy as np
 
 from agent.detection import Detection, Detector, DetectorSettings, StageTimes
 from agent.detection.preprocess import Transform
+from agent.health import Heartbeat, supervised
 from agent.serving import ModelSlot
 from agent.sources import Frame, FrameSource
 
@@ -156,6 +157,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._prepare_done = False
         self._threads: list[threading.Thread] = []
+        self._stages: list[Heartbeat] = []
         self.finished = threading.Event()
         self._infer_since: float | None = None
         # guarded by _cond: when the infer stage is due to be free again (None: it is waiting)
@@ -176,13 +178,23 @@ class Pipeline:
 
     @property
     def alive(self) -> bool:
-        """Both stages still run (or finished on purpose at the end of a finite source)."""
+        """Both stages still run (or finished on purpose at the end of a finite source); false
+        once a stage died on an exception."""
+        if self.crashed is not None:
+            return False
         return self.finished.is_set() or all(t.is_alive() for t in self._threads)
 
+    @property
+    def crashed(self) -> str | None:
+        """Why a stage's thread died against its will (its traceback is logged), if one did:
+        the pipeline then finishes, and it is not the end of a finite source."""
+        return next((f"{h.name}: {h.dead}" for h in self._stages if h.dead is not None), None)
+
     def start(self) -> None:
+        self._stages = [Heartbeat("prepare", None), Heartbeat("infer", None)]
         self._threads = [
-            threading.Thread(target=self._prepare_loop, name="prepare", daemon=True),
-            threading.Thread(target=self._infer_loop, name="infer", daemon=True),
+            supervised("prepare", self._prepare_loop, self._stages[0]),
+            supervised("infer", self._infer_loop, self._stages[1]),
         ]
         for t in self._threads:
             t.start()

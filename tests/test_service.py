@@ -351,3 +351,48 @@ def test_journal_format_under_systemd_and_json_on_request(tmp_path: Path) -> Non
     )
     records = [json.loads(line) for line in as_json.stderr.splitlines() if line.startswith("{")]
     assert any(r["logger"] == "agent.mqtt" and r["level"] == "info" for r in records)
+
+
+@pytest.mark.expect_thread_errors("a pipeline stage dies on purpose")
+def test_a_dead_pipeline_stage_exits_1_for_a_restart(broker, tmp_path, assets, monkeypatch):
+    """A stage that dies of an exception is not the end of a finite source: the agent exits 1
+    (systemd's Restart=on-failure restarts it) instead of 0, which would leave the device down."""
+    import agent.app as app_module
+
+    real_open = app_module.open_source
+    reads = [0]
+
+    def open_breaking(*args: Any, **kwargs: Any) -> Any:
+        source = real_open(*args, **kwargs)
+        real_read = source.read
+
+        def read(timeout: float | None = None) -> Any:
+            reads[0] += 1
+            if reads[0] > 5:
+                raise RuntimeError("camera driver bug")
+            return real_read(timeout=timeout)
+
+        source.read = read  # type: ignore[method-assign]
+        return source
+
+    monkeypatch.setattr(app_module, "open_source", open_breaking)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                **service_config(broker.port, assets),
+                "store": {"path": str(tmp_path / "state")},
+                "service": {"stop_flush_s": 1},
+            }
+        )
+    )
+    agent = Agent(load_config(cfg), cfg)
+    code: list[int] = []
+    runner = threading.Thread(target=lambda: code.append(agent.run()), daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive()
+    assert code == [1]
+    assert agent.pipeline is not None and not agent.pipeline.alive
+    assert "prepare" in (agent.pipeline.crashed or "")
+    assert "camera driver bug" in (agent.pipeline.crashed or "")
