@@ -243,12 +243,9 @@ class ModelStore:
     def active(self) -> Active | None:
         """The recorded model name that serves, if an update ever recorded one."""
         path = self.models / ACTIVE_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        data = _read_record(path)
+        if data is None:
             return None
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"{path}: unreadable ({exc})") from exc
         name = data.get("name") if isinstance(data, dict) else None
         previous = data.get("previous") if isinstance(data, dict) else None
         if not isinstance(name, str) or not (previous is None or isinstance(previous, str)):
@@ -328,12 +325,9 @@ class ModelStore:
     def highest_accepted(self, name: str) -> str | None:
         """The highest version of ``name`` ever accepted on this device."""
         path = self.model_dir(name) / "accepted.json"
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        data = _read_record(path)
+        if data is None:
             return None
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"{path}: unreadable ({exc})") from exc
         version = data.get("version") if isinstance(data, dict) else None
         if not isinstance(version, str):
             raise RegistryError(f"{path}: no version in it")
@@ -381,6 +375,16 @@ class ModelStore:
         tmp.symlink_to(version)
         tmp.replace(link)
         fsync_dir(link.parent)
+
+
+def _read_record(path: Path) -> object | None:
+    """A small JSON record of the store, or None when there is none yet."""
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{path}: unreadable ({exc})") from exc
 
 
 def check_version(version: str) -> str:
