@@ -21,7 +21,10 @@ STAMP = r"\.damaged-\d{8}T\d{6}Z(-\d+)?$"
 
 
 def aside(folder: Path, name: str) -> list[Path]:
-    return [p for p in folder.iterdir() if re.fullmatch(re.escape(name) + STAMP, p.name)]
+    """The set-aside copies of ``folder/name`` (``name`` may have folders in it)."""
+    where = (folder / name).parent
+    base = Path(name).name
+    return [p for p in where.iterdir() if re.fullmatch(re.escape(base) + STAMP, p.name)]
 
 
 def test_a_garbage_outbox_is_set_aside_and_a_fresh_one_works(tmp_path: Path) -> None:
@@ -67,6 +70,9 @@ def test_agent_starts_on_damaged_state_files_and_lists_them_in_its_status(
     (state / "outbox.sqlite").write_bytes(b"\x00\xffnot sqlite" * 500)
     (state / "config.overlay.yaml").write_bytes(b"detection: {score_threshold: [0.5\n\xff")
     (state / "updater.json").write_text('{"state": "downloading", "name": "fa')  # cut short
+    store_model = state / "models" / "face"
+    store_model.mkdir(parents=True)
+    (store_model / "current").write_bytes(b"\x00\x00")  # a plain file where a link should be
     _, pub = generate_key(tmp_path / "keys" / "registry.key")
     (tmp_path / "registry").mkdir()
     sub = subscriber("edge-agent/cam-damaged/#")
@@ -87,8 +93,16 @@ def test_agent_starts_on_damaged_state_files_and_lists_them_in_its_status(
     )
     status = sub.wait_for("/status", lambda s: s["state"] == "online")
     assert sub.wait_for("/detections", lambda d: d["seq"] == 1)["objects"]  # a fresh outbox
-    damaged = {Path(d["file"]).name: d for d in status["damaged"]}
-    assert set(damaged) == {"outbox.sqlite", "config.overlay.yaml", "updater.json"}, status
+    damaged = {
+        str(Path(d["file"]).relative_to(state)): d for d in status["damaged"]
+    }
+    assert set(damaged) == {
+        "outbox.sqlite",
+        "config.overlay.yaml",
+        "updater.json",
+        "models/face/current",
+    }, status
+    assert status["model"]["name"] == "face"  # the configured model serves
     for name, entry in damaged.items():
         [moved] = aside(state, name)
         assert entry["moved_to"] == str(moved)

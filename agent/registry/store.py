@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.atomic import fsync_dir, write_atomic
+from agent.damaged import set_aside
 from agent.errors import ManifestError, RegistryError
 from agent.registry.names import check_name, parse_version
 
@@ -360,11 +361,15 @@ class ModelStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise RegistryError(f"{link}: not a link ({exc.strerror})") from exc
+            # A power cut can leave a plain file or garbage here: set it aside (reported in
+            # the status), and the store goes on as if the link had never been set.
+            set_aside(link, f"not a link ({exc.strerror})")
+            return None
         try:
             return check_version(target)
-        except ManifestError as exc:
-            raise RegistryError(f"{link} points at {target!r}, not a version folder") from exc
+        except ManifestError:
+            set_aside(link, f"points at {target!r}, not a version folder")
+            return None
 
     def _switch(self, name: str, which: Which, version: str) -> None:
         """Point link ``which`` at ``version`` with one rename, so no reader sees it missing."""
@@ -383,8 +388,9 @@ def _read_record(path: Path) -> object | None:
         return json.loads(path.read_text())  # type: ignore[no-any-return]
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"{path}: unreadable ({exc})") from exc
+    except (OSError, ValueError) as exc:  # a power cut mid-write: set aside, as if never written
+        set_aside(path, f"unreadable ({exc})")
+        return None
 
 
 def check_version(version: str) -> str:
