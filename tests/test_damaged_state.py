@@ -102,7 +102,7 @@ def test_agent_starts_on_damaged_state_files_and_lists_them_in_its_status(
         "updater.json",
         "models/face/current",
     }, status
-    assert status["model"]["name"] == "face"  # the configured model serves
+    assert status["model"]["name"] == "face-short-range"  # the configured model serves
     for name, entry in damaged.items():
         [moved] = aside(state, name)
         assert entry["moved_to"] == str(moved)
