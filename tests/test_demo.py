@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from agent.localbroker import LocalBroker
@@ -80,3 +81,32 @@ def test_demo_state_option_keeps_the_folder_even_with_a_service_config(
     code, out = run_demo(tmp_path, broker.port, "--state", str(kept))
     assert code == 0, out
     assert first_seq(out) > 1, out
+
+
+def test_demo_sets_up_the_runtime_set_and_the_tests_the_full_one() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parent.parent
+    demo = (root / "scripts" / "demo").read_text()
+    assert re.search(r"^scripts/setup --runtime$", demo, re.M), demo
+    assert re.search(r"^scripts/setup$", (root / "scripts" / "test").read_text(), re.M)
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    runtime = project["dependencies"] + project["optional-dependencies"]["demo"]
+    names = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in runtime}
+    dev_only = {"pytest", "ruff", "mypy", "torch", "onnx", "hypothesis", "pycocotools", "jinja2"}
+    assert not names & dev_only
+
+
+def test_fetch_assets_fetches_only_the_named_assets(assets: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    fetch = [sys.executable, str(root / "scripts" / "fetch_assets.py")]
+    out = subprocess.run(
+        [*fetch, "person-yolov8s.onnx", "media/bikes.mp4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "those assets present and verified" in out.stdout
+    bad = subprocess.run([*fetch, "person.onnx"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "person.onnx" in bad.stderr and "assets.lock" in bad.stderr
