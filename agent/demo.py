@@ -84,7 +84,6 @@ def demo_environment(environ: dict[str, str], port: int, state: Path) -> dict[st
 
 
 def _run(args: argparse.Namespace, state: Path) -> int:
-
     broker = None
     if port_open("127.0.0.1", args.port):
         print(f"demo: using the MQTT broker already on localhost:{args.port}", flush=True)
