@@ -1,5 +1,9 @@
 """The newcomer's demo: the agent on its built-in defaults, and a subscriber that prints the
-detection messages it receives. Uses a broker on localhost:1883, or starts a local one."""
+detection messages it receives. Uses a broker on localhost:1883, or starts a local one.
+
+The demo's state (outbox, live settings, model store) lives in a folder of its own, a fresh
+temporary one unless ``--state DIR`` names one: never the service's ``/var/lib/edge-agent`` (the
+unit's StateDirectory, the default store when run as root), whatever config ``-c`` names."""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ import argparse
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -49,8 +56,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "-c", "--config", help="run the agent with this config instead of the defaults"
     )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        help="keep the demo's state (outbox, settings) in this folder "
+        "(default: a new temporary folder, removed at the end)",
+    )
     args = parser.parse_args(argv)
+    state = args.state or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    try:
+        return _run(args, state)
+    finally:
+        if args.state is None:
+            shutil.rmtree(state, ignore_errors=True)
 
+
+def demo_environment(environ: dict[str, str], port: int, state: Path) -> dict[str, str]:
+    """The agent's environment in the demo: the local broker, and a store of the demo's own
+    (environment overrides beat the config file, so a service config cannot point it back)."""
+    return dict(
+        environ,
+        EDGE_AGENT_MQTT__HOST="127.0.0.1",
+        EDGE_AGENT_MQTT__PORT=str(port),
+        EDGE_AGENT_STORE__PATH=str(state.resolve()),
+        EDGE_AGENT_MQTT__OUTBOX__PATH=str(state.resolve() / "outbox.sqlite"),
+    )
+
+
+def _run(args: argparse.Namespace, state: Path) -> int:
     broker = None
     if port_open("127.0.0.1", args.port):
         print(f"demo: using the MQTT broker already on localhost:{args.port}", flush=True)
@@ -69,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.subscribe([("edge-agent/+/detections", 0), ("edge-agent/+/status", 0)])
     sub.loop_start()
 
-    env = dict(os.environ, EDGE_AGENT_MQTT__HOST="127.0.0.1", EDGE_AGENT_MQTT__PORT=str(args.port))
+    env = demo_environment(dict(os.environ), args.port, state)
     cmd = [sys.executable, "-m", "agent", "run"] + (["-c", args.config] if args.config else [])
     print(f"demo: {' '.join(cmd[2:])}  (subscriber on edge-agent/+/detections)", flush=True)
+    kept = "kept" if args.state else "removed at the end; --state DIR keeps it"
+    print(f"demo: state in {state} ({kept})", flush=True)
     agent = subprocess.Popen(cmd, env=env)
     deadline = time.monotonic() + args.seconds if args.seconds > 0 else float("inf")
     received = 0

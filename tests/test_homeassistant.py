@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import queue
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -26,7 +27,9 @@ HA_TOPIC = re.compile(
     r"^homeassistant/(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?"
     r"(?P<object_id>[a-zA-Z0-9_-]+)/config$"
 )
-COMMON = {"name", "state_topic", "unique_id", "device", "value_template"}
+# homeassistant/core.py VALID_ENTITY_ID (what cv.entity_id accepts).
+HA_ENTITY_ID = re.compile(r"^(?!.+__)(?!_)[\da-z_]+(?<!_)\.(?!_)[\da-z_]+(?<!_)$")
+COMMON = {"name", "state_topic", "unique_id", "device", "value_template", "default_entity_id"}
 REQUIRED = {
     "binary_sensor": COMMON | {"payload_on", "payload_off", "availability"},
     "sensor": COMMON,
@@ -68,6 +71,15 @@ def test_discovery_configs_hold_what_home_assistant_requires():
     assert components == {"binary_sensor", "sensor"}
     unique_ids = [c["unique_id"] for c in found.values()]
     assert len(set(unique_ids)) == len(unique_ids)
+    # object_id is deprecated since HA 2025.10 and ignored from 2026.4: default_entity_id, as
+    # the entity ids HA made of the old object_id (edge_agent_cam-ha_... slugified).
+    assert not any("object_id" in c for c in found.values())
+    for topic, config in found.items():
+        assert config["default_entity_id"].split(".")[0] == HA_TOPIC.match(topic)["component"]  # type: ignore[index]
+        assert HA_ENTITY_ID.match(config["default_entity_id"]), config["default_entity_id"]
+    assert by_object(found)["person_detected"]["default_entity_id"] == (
+        "binary_sensor.edge_agent_cam_ha_person_detected"
+    )
     # One device for all entities.
     assert len({json.dumps(c["device"], sort_keys=True) for c in found.values()}) == 1
 
@@ -103,6 +115,9 @@ def test_topics_match_home_assistants_pattern_and_ids_are_unique(
         assert config["state_topic"].startswith(f"edge-agent/{device_id}/")
     unique_ids = [c["unique_id"] for c in found.values()]
     assert len(set(unique_ids)) == len(unique_ids)
+    entity_ids = [c["default_entity_id"] for c in found.values()]
+    assert len(set(entity_ids)) == len(entity_ids)
+    assert all(HA_ENTITY_ID.match(e) for e in entity_ids), entity_ids
     assert len(found) == 2 * len(set(label_list)) + 2
 
 
@@ -162,16 +177,49 @@ def test_templates_count_any_label(label: str, others: list[str], n: int):
     assert render(binary["value_template"], payload) == ("ON" if n else "OFF")
 
 
+def available(config: dict[str, Any], retained: dict[str, bytes]) -> bool:
+    """Whether Home Assistant shows the entity, given the last payload on each topic: HA keys
+    the availability entries by topic (mqtt/entity.py, _availability_setup_from_config: a later
+    entry on the same topic replaces an earlier one) and combines them by availability_mode."""
+    entries = {a["topic"]: a for a in config.get("availability", [])}
+    assert len(entries) == len(config.get("availability", [])), "two entries on one topic"
+    results = []
+    for topic, entry in entries.items():
+        value = render(entry["value_template"], retained[topic])
+        # Per-entry payloads default to "online" / "offline" in Home Assistant.
+        assert value in (
+            entry.get("payload_available", "online"),
+            entry.get("payload_not_available", "offline"),
+        ), value
+        results.append(value == entry.get("payload_available", "online"))
+    mode = config.get("availability_mode", "latest")
+    return all(results) if mode == "all" else any(results)
+
+
+def camera(state: str) -> dict[str, object]:
+    return {"state": state, "failures": 0 if state == "connected" else 3, "last_error": None}
+
+
 def test_availability_maps_online_to_online_and_offline_or_stopped_to_offline():
-    config = by_object(configs(["person"]))["person_detected"]
-    (availability,) = config["availability"]
-    # Per-entry payloads default to "online" / "offline" in Home Assistant.
-    available = availability.get("payload_available", "online")
-    not_available = availability.get("payload_not_available", "offline")
-    template = availability["value_template"]
-    assert render(template, status_message("online", model={"name": "m"})) == available
-    assert render(template, status_message("offline")) == not_available
-    assert render(template, status_message("stopped")) == not_available
+    entities = by_object(configs(["person"]))
+    for name in ("person_detected", "person_count", "fps"):
+        config = entities[name]
+        online = status_message("online", model={"name": "m"}, source=camera("connected"))
+        assert available(config, {TOPICS.status: online})
+        assert not available(config, {TOPICS.status: status_message("offline")})
+        assert not available(config, {TOPICS.status: status_message("stopped")})
+
+
+def test_a_camera_that_is_away_makes_its_entities_unavailable():
+    entities = by_object(configs(["person"]))
+    for state in ("starting", "retrying", "ended", "stopped"):
+        away = {TOPICS.status: status_message("online", source=camera(state))}
+        assert not available(entities["person_detected"], away), state
+        assert not available(entities["person_count"], away), state
+        # The agent is there and says it processes nothing: its fps stays on show.
+        assert available(entities["fps"], away), state
+    # A status without a camera (a split tail) is the agent's state alone.
+    assert available(entities["person_detected"], {TOPICS.status: status_message("online")})
 
 
 # --- end to end -----------------------------------------------------------------------------
@@ -231,16 +279,48 @@ def test_agent_publishes_retained_discovery_and_again_when_home_assistant_comes_
     live.client.publish("homeassistant/status", b"offline", qos=1).wait_for_publish(5)
     assert collect(live, "homeassistant/", 1, timeout=1.0) == {}
 
-    # The availability template maps the status the agent really publishes.
-    template = expected["homeassistant/binary_sensor/edge_agent_cam-ha/face_detected/config"][
-        "availability"
-    ][0]["value_template"]
-    online = status.wait_for("/status", lambda s: s["state"] == "online")
-    assert render(template, json.dumps(online).encode()) == "online"
+    # The availability maps the status the agent really publishes.
+    face = expected["homeassistant/binary_sensor/edge_agent_cam-ha/face_detected/config"]
+    online = status.wait_for(
+        "/status", lambda s: s["state"] == "online" and s["source"]["state"] == "connected"
+    )
+    assert available(face, {TOPICS.status: json.dumps(online).encode()})
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
     stopped = status.wait_for("/status", lambda s: s["state"] == "stopped")
-    assert render(template, json.dumps(stopped).encode()) == "offline"
+    assert not available(face, {TOPICS.status: json.dumps(stopped).encode()})
+
+
+def test_entities_are_unavailable_while_the_camera_is_away(
+    broker, subscriber, write_config, run_agent, assets, tmp_path
+):
+    # The camera: a looping file that goes away and comes back (the source retries it).
+    cam = tmp_path / "cam.mp4"
+    shutil.copy(MEDIA / "carphone_pristine.mp4", cam)
+    config = agent_config(broker.port, assets, labels=["face"])
+    config["source"].update(uri=str(cam), backoff_initial_s=0.2, backoff_max_s=0.5)
+    live = subscriber("homeassistant/#")
+    status = subscriber(f"{TOPICS.base}/status")
+    run_agent(write_config(config))
+    found = {t: c for t, (c, _) in collect(live, "homeassistant/", 2 + 2).items()}
+    entities = by_object(found)
+    face, count, fps = entities["face_detected"], entities["face_count"], entities["fps"]
+
+    def retained(state: str) -> dict[str, bytes]:
+        s = status.wait_for("/status", lambda s: s.get("source", {}).get("state") == state, 30)
+        assert s["state"] == "online"
+        return {TOPICS.status: json.dumps(s).encode()}
+
+    here = retained("connected")
+    assert available(face, here) and available(count, here) and available(fps, here)
+    cam.unlink()
+    away = retained("retrying")
+    assert not available(face, away) and not available(count, away)
+    assert available(fps, away)  # the agent itself is there
+    shutil.copy(MEDIA / "carphone_pristine.mp4", tmp_path / "back.mp4")
+    (tmp_path / "back.mp4").replace(cam)
+    back = retained("connected")
+    assert available(face, back) and available(count, back)
 
 
 def test_discovery_labels_default_to_the_models_labels(

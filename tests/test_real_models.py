@@ -18,6 +18,17 @@ from tests.conftest import MEDIA, iou
 ASTRONAUT_PERSON = (0.0, 0.03, 0.72, 1.0)
 ASTRONAUT_FACE = (0.35, 0.16, 0.53, 0.34)
 BIKES_CYCLIST_FRAME_125 = (0.54, 0.0, 0.80, 1.0)
+# bikes.mp4: frames that show a bus roof (4-18) and a taxi roof (62, 64) and nothing else; the
+# model calls them a fallen person covering the whole frame at 0.42-0.46 (the old card's 0.4
+# threshold reported them).
+BIKES_ROOF_FRAMES = (4, 6, 14, 18, 62, 64)
+# People in bikes.mp4, boxes drawn by hand: a cyclist passing close (108), one waiting (120) and
+# a walker's legs (188).
+BIKES_PEOPLE = {
+    108: (0.53, 0.03, 0.77, 1.0),
+    120: (0.54, 0.02, 0.77, 0.80),
+    188: (0.07, 0.0, 0.42, 0.92),
+}
 CARPHONE_FACE_FRAME_0 = (0.37, 0.30, 0.66, 0.70)
 
 
@@ -57,6 +68,37 @@ def test_person_detector_finds_the_cyclist_in_bikes_video(person: Detector) -> N
     assert best(detections, "person", BIKES_CYCLIST_FRAME_125) > 0.5
     # Nothing else in that frame is a person (the taxi on the left is the classic false positive).
     assert all(d.box[0] > 0.4 for d in detections)
+
+
+def test_person_card_reports_no_full_frame_boxes_on_the_street(person: Detector) -> None:
+    for index in BIKES_ROOF_FRAMES:
+        detections, _ = person.detect(video_frame("bikes.mp4", index))
+        # A real passer-by close to the camera covers up to 70 % of this frame (frame 32);
+        # nothing real covers it all.
+        big = [d for d in detections if (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) > 0.8]
+        assert not big, (index, big)
+
+
+def test_person_card_still_finds_the_people_on_the_street(person: Detector) -> None:
+    for index, truth in BIKES_PEOPLE.items():
+        detections, _ = person.detect(video_frame("bikes.mp4", index))
+        assert best(detections, "person", truth) > 0.6, (index, detections)
+        assert {d.label for d in detections} == {"person"}
+
+
+def test_fall_card_keeps_the_two_classes_apart(assets: Path) -> None:
+    fall = Detector.load(
+        assets / "person-yolov8s.onnx", card=assets / "person-fall-yolov8s.card.yaml", threads=2
+    )
+    try:
+        assert fall.card.labels == ["person", "person_fallen"]
+        detections, _ = fall.detect(video_frame("bikes.mp4", 125))
+        assert best(detections, "person", BIKES_CYCLIST_FRAME_125) > 0.5  # Normal
+        # The man cut off by the right edge, whom the model puts in its Fall class (frame 44).
+        detections, _ = fall.detect(video_frame("bikes.mp4", 44))
+        assert [d.label for d in detections] == ["person_fallen"]
+    finally:
+        fall.close()
 
 
 @pytest.mark.parametrize("model", ["face-short-range.tflite", "face-full-range.tflite"])
@@ -151,5 +193,5 @@ def test_model_info_reports_card_and_tensors(assets: Path) -> None:
     info = json.loads(out.stdout)
     assert info["inputs"][0]["shape"] == [1, 3, 640, 640]
     assert info["outputs"][0]["shape"] == [1, 6, 8400]
-    assert info["card"]["labels"] == ["person", "person_fallen"]
+    assert info["card"]["labels"] == ["person", "person"]  # the default card: a person detector
     assert info["sha256"] == info["card"]["sha256"]

@@ -12,7 +12,7 @@ import numpy as np
 
 from agent.detection.card import ModelCard, resolve_card
 from agent.detection.decoders import DECODERS
-from agent.detection.nms import nms
+from agent.detection.nms import label_groups, nms
 from agent.detection.preprocess import Preprocessor, Transform
 from agent.detection.types import Candidates, Detection
 from agent.errors import ModelCardError
@@ -55,8 +55,9 @@ def decode_candidates(
     names: Sequence[str],
     settings: DetectorSettings | None = None,
 ) -> Candidates:
-    """The family's decoder, the label filter and NMS, at the settings' thresholds (or the
-    card's). Also used where only a model's tail runs (split inference)."""
+    """The family's decoder, the label filter and NMS (classes with the same label suppress each
+    other), at the settings' thresholds (or the card's). Also used where only a model's tail
+    runs (split inference)."""
     settings = settings or DetectorSettings()
     score = settings.score_threshold
     if score is None:
@@ -68,7 +69,7 @@ def decode_candidates(
     if settings.labels and len(candidates):
         wanted = {i for i, name in enumerate(card.labels) if name in settings.labels}
         candidates = candidates.select(np.isin(candidates.class_ids, list(wanted)))
-    return nms(candidates, iou)
+    return nms(candidates, iou, label_groups(card.labels))
 
 
 class Detector:

@@ -1,5 +1,7 @@
 """Home Assistant MQTT discovery: retained configs for a binary sensor and a count sensor per
-watched label, fps and status sensors, one device, availability tied to ``B/status``."""
+watched label, fps and status sensors, one device, availability read from the retained
+``B/status``: the detection entities are available while the agent is online and its camera
+connected, the fps sensor while the agent is online."""
 
 from __future__ import annotations
 
@@ -12,7 +14,16 @@ from agent import __version__
 from agent.publish.topics import Topics
 
 # HA marks the entities unavailable for anything but "online" (also for our "stopped").
-AVAILABILITY_TEMPLATE = "{{ 'online' if value_json.state == 'online' else 'offline' }}"
+AGENT_ONLINE = "{{ 'online' if value_json.state == 'online' else 'offline' }}"
+# A camera that is away (retrying, ended, not yet connected) has no detections to show: its
+# entities are unavailable, not "clear". A status without a source (a split tail) is judged by
+# the agent's state alone. One entry on one topic: Home Assistant keys availability entries by
+# topic (mqtt/entity.py, _availability_setup_from_config), so two entries on B/status would
+# leave only the last.
+CAMERA_ONLINE = (
+    "{{ 'online' if value_json.state == 'online' and (value_json.source is not defined "
+    "or value_json.source.state == 'connected') else 'offline' }}"
+)
 
 
 def _count_template(label: str) -> str:
@@ -26,6 +37,26 @@ def _count_template(label: str) -> str:
 
 def _short_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+
+
+def _entity_slug(text: str) -> str:
+    """The object part of an entity id as Home Assistant accepts it: ``[a-z0-9_]``, no leading,
+    trailing or doubled ``_`` (HA slugifies the old ``object_id`` the same way)."""
+    return re.sub(r"_+", "_", re.sub(r"[^a-z0-9]", "_", text.lower())).strip("_") or "x"
+
+
+def _availability(template: str, status_topic: str) -> dict[str, object]:
+    return {
+        "availability": [
+            {
+                "topic": status_topic,
+                "value_template": template,
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            }
+        ],
+        "availability_mode": "all",
+    }
 
 
 def _node_id(device_id: str) -> str:
@@ -47,11 +78,7 @@ def discovery_messages(
         "model": model_name,
         "sw_version": __version__,
     }
-    availability = {
-        "availability": [{"topic": topics.status, "value_template": AVAILABILITY_TEMPLATE}],
-        "payload_available": "online",
-        "payload_not_available": "offline",
-    }
+    availability = _availability(CAMERA_ONLINE, topics.status)
     entities: list[tuple[str, str, dict[str, object]]] = []
     slugs: set[str] = set()
     for label in dict.fromkeys(labels):  # each label once, in order
@@ -100,7 +127,8 @@ def discovery_messages(
                 "unit_of_measurement": "fps",
                 "state_class": "measurement",
                 "entity_category": "diagnostic",
-                **availability,
+                # The agent's own figure: 0 while the camera is away, shown all the same.
+                **_availability(AGENT_ONLINE, topics.status),
             },
         )
     )
@@ -119,9 +147,16 @@ def discovery_messages(
         )
     )
     out = []
+    entity_ids: set[str] = set()
     for component, object_id, config in entities:
-        config["unique_id"] = f"edge_agent_{node}_{object_id}"
-        config["object_id"] = f"edge_agent_{node}_{object_id}"
+        unique_id = f"edge_agent_{node}_{object_id}"
+        config["unique_id"] = unique_id
+        # default_entity_id (domain.object): HA 2025.10 deprecated object_id, 2026.4 ignores it.
+        entity_id = f"{component}.{_entity_slug(unique_id)}"
+        if entity_id in entity_ids:  # "a__b" and "a_b" slug alike
+            entity_id = f"{entity_id}_{_short_hash(unique_id)}"
+        entity_ids.add(entity_id)
+        config["default_entity_id"] = entity_id
         config["device"] = device
         topic = f"{discovery_prefix}/{component}/edge_agent_{_node_id(node)}/{object_id}/config"
         out.append((topic, json.dumps(config, separators=(",", ":")).encode()))
