@@ -336,3 +336,23 @@ def test_qos0_messages_stay_queued_until_paho_has_written_them(broker, subscribe
         assert box.depth == 0
     finally:
         publisher.close(timeout=1)
+
+
+def test_pahos_repeated_not_connected_line_is_debug_not_a_warning() -> None:
+    """paho says "Client is not connected" on every loop turn after a disconnect, a clean stop
+    included: it must not reach a user's log as a warning (the disconnect is reported once)."""
+    import logging
+
+    from agent.publish import mqtt as mqtt_module
+
+    flt = mqtt_module._LostConnectionIsAWarning()
+    repeat = logging.LogRecord(
+        "agent.mqtt.paho", logging.ERROR, __file__, 1, "Client is not connected. Socket: None)", (), None
+    )
+    assert flt.filter(repeat) is False  # dropped unless paho's logger is at debug level
+    assert repeat.levelno == logging.DEBUG
+    lost = logging.LogRecord(
+        "agent.mqtt.paho", logging.ERROR, __file__, 1, "failed to receive on socket: reset", (), None
+    )
+    assert flt.filter(lost) is True
+    assert lost.levelno == logging.WARNING

@@ -36,9 +36,15 @@ class _LostConnectionIsAWarning(logging.Filter):
     broker that went away is retried and reported (``_on_disconnect`` and ``_on_connect_fail``
     warn), not an error. paho's other errors stay errors."""
 
-    _PREFIXES = ("failed to receive on socket", "timeout on socket", "Client is not connected")
+    _PREFIXES = ("failed to receive on socket", "timeout on socket")
+    # Said again on every loop turn after a disconnect, ours at a clean stop included; the
+    # disconnect itself is already reported by ``_on_disconnect``.
+    _REPEATS = ("Client is not connected",)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and str(record.msg).startswith(self._REPEATS):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger("agent.mqtt.paho").isEnabledFor(logging.DEBUG)
         if record.levelno == logging.ERROR and str(record.msg).startswith(self._PREFIXES):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
