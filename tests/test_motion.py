@@ -192,3 +192,28 @@ def test_bad_motion_config_is_refused_naming_the_key(text, message):
     with pytest.raises(ConfigError, match=re.escape(f"camera.yaml:2: {message}")):
         parse_config("\n" + text, "camera.yaml")
 
+
+
+def test_an_agent_on_a_still_scene_reports_skipped_frames_and_rechecks_over_mqtt(
+    tmp_path, bikes, broker, subscriber, write_config, run_agent, assets
+):
+    still = write_video(tmp_path / "still.mp4", [bikes[0]] * 50)
+    sub = subscriber("edge-agent/cam-still/#")
+    config = {
+        "device_id": "cam-still",
+        "source": {"uri": str(still), "fps": 10, "loop": True},
+        "model": {"path": str(assets / "face-short-range.tflite"), "threads": 1},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "keepalive": 5},
+        "motion": {"recheck_s": 2},
+        "publish": {"metrics_interval_s": 1},
+    }
+    run_agent(write_config(config))
+    sub.wait_for("/status", lambda s: s["state"] == "online")
+    metrics = sub.wait_for("/metrics", lambda m: m["frames"] >= 40, timeout=60)
+    assert metrics["skipped_no_motion"] > 0
+    assert metrics["inferences"] + metrics["skipped_no_motion"] == metrics["frames"]
+    # One model run per recheck_s (and the first frame); the rest skipped.
+    assert metrics["inferences"] <= metrics["frames"] / 4, metrics
+    # The rechecks still publish: a detections message every recheck_s, not every frame.
+    detections = [sub.wait_for("/detections", timeout=10) for _ in range(2)]
+    assert detections[1]["frame"]["id"] - detections[0]["frame"]["id"] >= 10
