@@ -5,7 +5,10 @@ the `motion:` and `masks:` config keys are validated."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -217,3 +220,21 @@ def test_an_agent_on_a_still_scene_reports_skipped_frames_and_rechecks_over_mqtt
     # The rechecks still publish: a detections message every recheck_s, not every frame.
     detections = [sub.wait_for("/detections", timeout=10) for _ in range(2)]
     assert detections[1]["frame"]["id"] - detections[0]["frame"]["id"] >= 10
+
+
+def test_bench_static_measures_the_still_scene_with_the_gate_off_and_on():
+    model = str(MODELS / "face-short-range.tflite")
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "bench", model, "--static", "--seconds", "3", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["fps_cap"] == 5 and result["recheck_s"] == 10
+    # Off: a model run per frame at the 5 fps cap; on: the still scene runs it at most once
+    # (a recheck) in the 3 s, every other frame is the gate's.
+    assert result["gate_off_inferences"] >= 10
+    assert result["gate_on_inferences"] <= 1 and result["gate_on_frames"] >= 10
+    assert result["gate_off_cpu_s"] > 0 and result["gate_on_cpu_s"] > 0
