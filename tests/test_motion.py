@@ -129,6 +129,19 @@ def test_a_brightness_step_stops_counting_as_motion_within_seconds(tmp_path, bik
     assert (still_from - step_at) / FPS <= 3.0, f"moving for {(still_from - step_at) / FPS} s"
 
 
+def test_a_light_over_part_of_the_scene_stops_counting_within_seconds(tmp_path, bikes):
+    # Half the scene x1.5: too little of the frame to re-seed at once, so the background's
+    # adaptation must absorb it.
+    lit = bikes[0].copy()
+    half = lit.shape[1] // 2
+    lit[:, :half] = cv2.convertScaleAbs(bikes[0][:, :half], alpha=1.5)
+    video = read_video(write_video(tmp_path / "lamp.mp4", [bikes[0]] * 50 + [lit] * 150))
+    seen = verdicts(MotionGate(MotionSettings()), video)
+    assert seen[50].moving and seen[51].moving  # it counts for a moment
+    last = max(i for i, m in enumerate(seen) if m.moving)
+    assert (last - 50) / FPS <= 3.0, f"moving for {(last - 50) / FPS} s"
+
+
 def test_a_slow_dimming_never_counts_as_motion(tmp_path, bikes):
     # A cloud: the scene loses a third of its light over 4 s.
     frames = [cv2.convertScaleAbs(bikes[0], alpha=1 - i / 300) for i in range(100)]
