@@ -328,7 +328,13 @@ class Pipeline:
         if not gate.settings.enabled:
             gate.reset()  # switched on again later: it starts from the scene of then
             return None
-        return gate.check(frame.image, frame.mono)
+        try:
+            return gate.check(frame.image, frame.mono)
+        except Exception:
+            # A frame the gate cannot read goes to the model: better a run too many than a
+            # person missed (and preprocessing reports what is wrong with it).
+            log.exception("motion check of frame %s failed", frame.id)
+            return None
 
     def _infer_loop(self) -> None:
         try:
