@@ -21,6 +21,7 @@ from agent.detection import DetectorSettings
 from agent.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError
 from agent.health import Heartbeats, ProcessUsage
 from agent.live_config import LiveConfig
+from agent.motion import MotionGate, MotionSettings
 from agent.overlay import with_overlay
 from agent.pipeline import Pipeline, Result
 from agent.publish import MqttPublisher
@@ -184,6 +185,11 @@ class Agent:
             self.pipeline.settings = self._settings()
         if self.source is not None and "source" in patch:
             self.source.set_fps(config.source.fps)
+        gate = self.pipeline.gate if self.pipeline is not None else None
+        if gate is not None:  # replaced between two frames of the prepare stage
+            gate.settings = MotionSettings(**config.motion.model_dump())
+            if "masks" in patch:
+                gate.masks = config.masks
         self._last_signature = None
         self._next_metrics = 0.0  # a new metrics period counts from now
         if "labels" in patch.get("detection", {}):
@@ -274,7 +280,12 @@ class Agent:
             on_status=self._on_source_status,
         )
         self.pipeline = Pipeline(
-            self.source, self.slot, self._on_result, self._settings(), offload=self.split
+            self.source,
+            self.slot,
+            self._on_result,
+            self._settings(),
+            offload=self.split,
+            gate=MotionGate(MotionSettings(**c.motion.model_dump()), c.masks),
         )
         self.health.watch("source", self.source.stalled_for)
         pipeline = self.pipeline

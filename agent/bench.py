@@ -1,5 +1,6 @@
 """Speed and memory of a model on this device: the bare runtime, the agent's pipeline and the
-sequential loop a user would write by hand, on the same frames and threads."""
+sequential loop a user would write by hand, on the same frames and threads; the CPU a still scene
+costs with the motion gate on and off."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from agent.config import DEFAULT_VIDEO, MqttConfig
 from agent.detection import Detector
+from agent.motion import MotionGate, MotionSettings
 from agent.pipeline import Pipeline, Result
 from agent.publish import MqttPublisher
 from agent.publish.outbox import Outbox
@@ -303,3 +305,72 @@ def run_update_bench(
             "frame_interval_ms": round(steady * 1e3, 1),
             "max_frame_gap_ms": round(float(gaps.max()) * 1e3, 1),
         }
+
+
+def _cpu_while_running(
+    detector: Detector, video: Path, seconds: float, fps: float, gate: MotionGate | None
+) -> dict[str, float]:
+    """This process's CPU seconds while a pipeline runs ``video`` (looped, at its own pace,
+    capped at ``fps``) for ``seconds``, and what the pipeline did."""
+    source = open_source(str(video), fps=fps, loop=True, realtime=True)
+    pipeline = Pipeline(source, detector, lambda result: None, gate=gate)
+    source.start()
+    pipeline.start()
+    time.sleep(1.0)  # opened and past the first frame: the same start for both runs
+    cpu0 = time.process_time()
+    frames0, inferences0 = pipeline.stats.frames, pipeline.stats.inferences
+    time.sleep(seconds)
+    cpu = time.process_time() - cpu0
+    stats = pipeline.stats
+    frames, inferences = stats.frames - frames0, stats.inferences - inferences0
+    pipeline.stop()
+    source.stop()
+    return {"cpu_s": round(cpu, 2), "frames": frames, "inferences": inferences}
+
+
+def run_static_bench(
+    model: str | Path,
+    *,
+    source: str | None = None,
+    seconds: float = 30.0,
+    fps: float = 5.0,
+    threads: int = 2,
+    card: str | None = None,
+) -> dict[str, object]:
+    """A still scene (the first frame of ``source`` repeated) at an ``fps`` cap for ``seconds``
+    with the motion gate off, then on (default settings: a model run every ``recheck_s``):
+    the agent's CPU seconds for each, in the same run."""
+    import tempfile
+
+    video = source or str(DEFAULT_VIDEO)
+    first = _read_frames(video, 1)
+    if not first:
+        raise SystemExit(f"bench: cannot read frames from {video}")
+    detector = Detector.load(model, card=card, threads=threads)
+    for _ in range(3):  # warm caches and allocator before timing
+        detector.detect(first[0])
+    settings = MotionSettings()
+    with tempfile.TemporaryDirectory() as tmp:
+        still = Path(tmp) / "still.mp4"
+        h, w = first[0].shape[:2]
+        writer = cv2.VideoWriter(str(still), cv2.VideoWriter.fourcc(*"mp4v"), 25.0, (w, h))
+        for _ in range(250):  # 10 s, looped
+            writer.write(first[0])
+        writer.release()
+        off = _cpu_while_running(detector, still, seconds, fps, None)
+        on = _cpu_while_running(detector, still, seconds, fps, MotionGate(settings))
+    detector.close()
+    return {
+        "model": str(model),
+        "source": f"{video} (first frame, still)",
+        "seconds": seconds,
+        "fps_cap": fps,
+        "threads": threads,
+        "recheck_s": settings.recheck_s,
+        "gate_off_cpu_s": off["cpu_s"],
+        "gate_off_inferences": off["inferences"],
+        "gate_on_cpu_s": on["cpu_s"],
+        "gate_on_inferences": on["inferences"],
+        "gate_on_frames": on["frames"],
+        "gate_on_vs_off_cpu": round(on["cpu_s"] / off["cpu_s"], 3) if off["cpu_s"] else 0.0,
+    }

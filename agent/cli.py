@@ -157,8 +157,18 @@ def _spec(spec: object) -> dict[str, object]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from agent.bench import run_bench
+    from agent.bench import run_bench, run_static_bench
 
+    if args.static:
+        static = run_static_bench(
+            args.model,
+            source=args.source,
+            seconds=args.seconds,
+            threads=args.threads,
+            card=args.card,
+        )
+        _print_result(static, args.json)
+        return 0
     result = run_bench(
         args.model,
         source=args.source,
@@ -326,6 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker",
         metavar="HOST:PORT",
         help="publish detections to this broker (default: no publishing)",
+    )
+    bench.add_argument(
+        "--static",
+        action="store_true",
+        help="a still scene (the source's first frame) at 5 fps: CPU with the motion gate on "
+        "and off",
+    )
+    bench.add_argument(
+        "--seconds", type=float, default=30.0, help="--static: seconds of each run (on, off)"
     )
     bench.add_argument("--json", action="store_true", help="one JSON object")
     bench.set_defaults(func=cmd_bench)

@@ -69,6 +69,35 @@ class SourceConfig(Section):
         return self
 
 
+class MotionConfig(Section):
+    enabled: bool = Field(
+        True,
+        description="run the model only on frames where something moves (and every recheck_s)",
+    )
+    threshold: int = Field(
+        25,
+        ge=1,
+        le=255,
+        description="grey-level change (0-255) of a pixel of the small grey copy that counts "
+        "as changed",
+    )
+    min_area: float = Field(
+        0.002,
+        ge=0,
+        le=1,
+        description="smallest changed region that counts as motion, as a share of the frame",
+    )
+    recheck_s: float = Field(
+        10,
+        gt=0,
+        description="while nothing moves, run the model at least this often anyway (what "
+        "arrived slowly or stands still)",
+    )
+
+
+Mask = list[tuple[float, float]]
+
+
 class ModelConfig(Section):
     path: Path = Field(DEFAULT_MODEL, description="model file (.onnx or .tflite)")
     card: Path | None = Field(None, description="model card; default: <model>.card.yaml beside it")
@@ -276,6 +305,13 @@ class Config(Section):
         default_factory=socket.gethostname, description="device name in topics; default: host name"
     )
     source: SourceConfig = Field(default_factory=SourceConfig)
+    motion: MotionConfig = Field(
+        default_factory=MotionConfig, description="the motion gate of the camera"
+    )
+    masks: list[Mask] = Field(
+        default_factory=list,
+        description="polygons of [x, y] frame fractions where motion is ignored",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -289,6 +325,20 @@ class Config(Section):
     split: SplitConfig = Field(
         default_factory=SplitConfig, description="split inference across two devices"
     )
+
+    @field_validator("masks")
+    @classmethod
+    def _masks_are_polygons(cls, masks: list[Mask]) -> list[Mask]:
+        for i, polygon in enumerate(masks):
+            if len(polygon) < 3:
+                raise ValueError(f"mask {i} has {len(polygon)} points; a polygon needs 3 or more")
+            for x, y in polygon:
+                if not (0 <= x <= 1 and 0 <= y <= 1):
+                    raise ValueError(
+                        f"mask {i}: point [{x:g}, {y:g}] is outside the frame "
+                        "(coordinates are fractions, 0 to 1)"
+                    )
+        return masks
 
     @property
     def outbox_path(self) -> Path:

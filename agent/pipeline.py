@@ -1,7 +1,7 @@
 """Frame -> detections loop: two stages so preprocessing of the next frame overlaps inference
 of this one, timed so the model always gets the newest frame; per-stage timing from capture on;
 each frame runs with the model slot's detector of the moment, so a model is swapped only between
-two frames."""
+two frames; a motion gate in the first stage keeps still frames from the model."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 from agent.detection import Detection, Detector, DetectorSettings, StageTimes
 from agent.detection.preprocess import Transform
 from agent.health import Heartbeat, supervised
+from agent.motion import Motion, MotionGate
 from agent.serving import ModelSlot
 from agent.sources import Frame, FrameSource
 
@@ -38,6 +39,8 @@ class Result:
     #: milliseconds the frame waited between capture and the model: for the prepare stage,
     #: then, prepared, for the model to free up
     queued_ms: float = 0.0
+    #: the motion gate's verdict on the frame (None: no gate); a still frame here is a recheck
+    motion: Motion | None = None
 
     def latency_ms(self) -> tuple[float, float, float]:
         """``(inference, total, queued)`` as the detections payload reports them; ``total`` runs
@@ -55,6 +58,7 @@ class _Prepared:
     preprocess_ms: float
     started: float  # monotonic: preprocessing began
     ready: float  # monotonic: preprocessing ended
+    motion: Motion | None = None
 
 
 class _Durations:
@@ -91,16 +95,30 @@ class Stats:
         self._lock = threading.Lock()
         self._done: deque[float] = deque(maxlen=window)
         self._latency: deque[float] = deque(maxlen=window)
-        self.frames = 0
+        self.frames = 0  # frames taken: the model ran on them or the motion gate kept them
+        self.inferences = 0  # frames the model ran on
+        self.skipped_no_motion = 0  # frames the motion gate kept from the model
         self.errors = 0
         self.heartbeat = time.monotonic()
 
     def record(self, latency_ms: float) -> None:
+        """A frame the model ran on."""
         with self._lock:
             now = time.monotonic()
             self._done.append(now)
             self._latency.append(latency_ms)
             self.frames += 1
+            self.inferences += 1
+            self.heartbeat = now
+
+    def skipped(self) -> None:
+        """A frame the motion gate kept from the model: counted in fps and frames, not in the
+        latency (which is the model's path)."""
+        with self._lock:
+            now = time.monotonic()
+            self._done.append(now)
+            self.frames += 1
+            self.skipped_no_motion += 1
             self.heartbeat = now
 
     def snapshot(self) -> dict[str, float]:
@@ -118,6 +136,8 @@ class Stats:
             "latency_ms_p50": round(p(0.5), 2),
             "latency_ms_p95": round(p(0.95), 2),
             "frames": self.frames,
+            "inferences": self.inferences,
+            "skipped_no_motion": self.skipped_no_motion,
             "errors": self.errors,
         }
 
@@ -136,6 +156,10 @@ class Pipeline:
     earlier and kept waiting. A model that frees up sooner wakes stage 1 at once; one that is
     late gets each newer frame prepared in place of the waiting one (not from a lossless
     source, a file read as fast as it is taken, whose every frame is processed).
+
+    With a motion ``gate``, stage 1 first asks it about each frame (on a small grey copy, far
+    cheaper than preprocessing): a frame where nothing moves is counted and dropped, unless the
+    model has not run for ``recheck_s`` (what arrived slowly or stands still is still seen).
     """
 
     def __init__(
@@ -145,8 +169,11 @@ class Pipeline:
         on_result: Callable[[Result], None],
         settings: DetectorSettings | None = None,
         offload: Offload | None = None,
+        gate: MotionGate | None = None,
     ) -> None:
         self.source = source
+        self.gate = gate
+        self._last_to_model = -float("inf")  # monotonic: a frame last went to the model
         self.offload = offload
         self.slot = model if isinstance(model, ModelSlot) else ModelSlot.holding(model)
         self.settings = settings or DetectorSettings()
@@ -243,6 +270,11 @@ class Pipeline:
                     if self.source.ended:
                         break
                     continue
+                motion = self._motion(frame)
+                still = motion is not None and not motion.moving
+                if still and time.monotonic() - self._last_to_model < self._recheck_s:
+                    self.stats.skipped()
+                    continue
                 detector = self.slot.detector
                 started = time.monotonic()
                 try:
@@ -254,7 +286,14 @@ class Pipeline:
                 ready = time.monotonic()
                 self._prep.add(ready - started)
                 item = _Prepared(
-                    frame, tensor, transform, detector, (ready - started) * 1e3, started, ready
+                    frame,
+                    tensor,
+                    transform,
+                    detector,
+                    (ready - started) * 1e3,
+                    started,
+                    ready,
+                    motion,
                 )
                 with self._cond:
                     if self._lossy:
@@ -270,11 +309,32 @@ class Pipeline:
                         while self._slot is not None and not self._stop.is_set():
                             self._cond.wait(0.5)
                     self._slot = item
+                    self._last_to_model = ready
                     self._cond.notify_all()
         finally:
             with self._cond:
                 self._prepare_done = True
                 self._cond.notify_all()
+
+    @property
+    def _recheck_s(self) -> float:
+        return self.gate.settings.recheck_s if self.gate is not None else 0.0
+
+    def _motion(self, frame: Frame) -> Motion | None:
+        """The gate's verdict on ``frame``, or None when there is no gate or it is off."""
+        gate = self.gate
+        if gate is None:
+            return None
+        if not gate.settings.enabled:
+            gate.reset()  # switched on again later: it starts from the scene of then
+            return None
+        try:
+            return gate.check(frame.image, frame.mono)
+        except Exception:
+            # A frame the gate cannot read goes to the model: better a run too many than a
+            # person missed (and preprocessing reports what is wrong with it).
+            log.exception("motion check of frame %s failed", frame.id)
+            return None
 
     def _infer_loop(self) -> None:
         try:
@@ -335,6 +395,7 @@ class Pipeline:
             detector.card.version,
             time.time(),
             max(0.0, queued_ms),
+            item.motion,
         )
         try:
             self.on_result(result)

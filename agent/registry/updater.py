@@ -695,14 +695,15 @@ class Updater:
             manifest.version,
             self.config.probation_s,
         )
-        frames0, errors0 = before.get("frames", 0.0), before.get("errors", 0.0)
+        # Model runs, not frames: the motion gate's skipped frames say nothing of the model.
+        frames0, errors0 = before.get("inferences", 0.0), before.get("errors", 0.0)
         deadline = time.monotonic() + self.config.probation_s
         problem = None
         while time.monotonic() < deadline and not self._stop.is_set():
             self.beat()
             time.sleep(0.2)
             now = self.frame_stats()
-            frames = now.get("frames", 0.0) - frames0
+            frames = now.get("inferences", 0.0) - frames0
             errors = now.get("errors", 0.0) - errors0
             attempts = frames + errors
             if attempts >= 3 and errors / attempts > self.config.probation_max_error_rate:
