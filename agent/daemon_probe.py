@@ -164,6 +164,35 @@ def running_daemon(
             proc.wait()
 
 
+@dataclass
+class DaemonRun:
+    """A running daemon with its broker, state folder and detections subscriber."""
+
+    proc: subprocess.Popen[bytes]
+    folder: Path
+    arrivals: Arrivals
+    broker_kind: str
+
+
+@contextlib.contextmanager
+def daemon_run(
+    prefix: str, *, model: Path, source: str, fps: float, threads: int
+) -> Iterator[DaemonRun]:
+    """A fresh broker, a temporary state folder and ``edge-agent run`` on them, with a
+    subscriber on its detections; all stopped and removed on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, LocalBroker() as broker:
+        folder = Path(tmp)
+        config = daemon_config(
+            broker.port, folder / "state", model=model, source=source, fps=fps, threads=threads
+        )
+        arrivals = Arrivals(broker.port, f"edge-agent/{DEVICE_ID}/detections")
+        try:
+            with running_daemon(config, folder) as proc:
+                yield DaemonRun(proc, folder, arrivals, broker.kind)
+        finally:
+            arrivals.close()
+
+
 def _check_alive(proc: subprocess.Popen[bytes], folder: Path) -> None:
     if proc.poll() is not None:
         tail = (folder / "agent.log").read_text(errors="replace").splitlines()[-5:]
@@ -199,22 +228,15 @@ def bench_daemon(
 ) -> dict[str, object]:
     """Run the daemon for ``seconds`` after its first ``warmup_messages`` detections; its peak
     RSS and each message's capture-to-broker delay against the payload's own figures."""
-    with tempfile.TemporaryDirectory(prefix="edge-agent-probe-") as tmp, LocalBroker() as broker:
-        folder = Path(tmp)
-        config = daemon_config(
-            broker.port, folder / "state", model=model, source=source, fps=fps, threads=threads
-        )
-        arrivals = Arrivals(broker.port, f"edge-agent/{DEVICE_ID}/detections")
-        try:
-            with running_daemon(config, folder) as proc:
-                _wait_messages(proc, folder, arrivals, warmup_messages, timeout=120)
-                start = arrivals.count()
-                time.sleep(seconds)
-                _check_alive(proc, folder)
-                end = read_proc(proc.pid)
-        finally:
-            arrivals.close()
-        measured = arrivals.since(start)
+    with daemon_run(
+        "edge-agent-probe-", model=model, source=source, fps=fps, threads=threads
+    ) as run:
+        _wait_messages(run.proc, run.folder, run.arrivals, warmup_messages, timeout=120)
+        start = run.arrivals.count()
+        time.sleep(seconds)
+        _check_alive(run.proc, run.folder)
+        end = read_proc(run.proc.pid)
+    measured = run.arrivals.since(start)
     delay = [a.capture_to_broker_ms for a in measured]
     latency = [a.body.get("latency_ms", {}) for a in measured]
     inference = [float(x["inference"]) for x in latency if "inference" in x]
@@ -240,7 +262,7 @@ def bench_daemon(
         "capture_to_broker_vs_inference": (
             round(_p(delay, 0.5) / inference_p50, 2) if inference_p50 else None
         ),
-        "broker": broker.kind,
+        "broker": run.broker_kind,
     }
 
 
@@ -271,31 +293,24 @@ def soak(
             writer.writerow(names)
         if out is not None:
             print(" ".join(f"{n:>12}" for n in names), file=out, flush=True)
-        with tempfile.TemporaryDirectory(prefix="edge-agent-soak-") as tmp, LocalBroker() as broker:
-            folder = Path(tmp)
-            config = daemon_config(
-                broker.port, folder / "state", model=model, source=source, fps=fps, threads=threads
-            )
-            arrivals = Arrivals(broker.port, f"edge-agent/{DEVICE_ID}/detections")
-            try:
-                with running_daemon(config, folder) as proc:
-                    t0 = time.monotonic()
-                    while True:
-                        _check_alive(proc, folder)
-                        elapsed = time.monotonic() - t0
-                        row = read_proc(proc.pid, elapsed, arrivals.count())
-                        rows.append(row)
-                        if out is not None:
-                            print(" ".join(f"{v:>12}" for v in asdict(row).values()), file=out)
-                            out.flush()
-                        if writer is not None and csv_fh is not None:
-                            writer.writerow(asdict(row).values())
-                            csv_fh.flush()
-                        if elapsed >= duration:
-                            break
-                        time.sleep(min(interval_s, max(0.0, duration - elapsed)))
-            finally:
-                arrivals.close()
+        with daemon_run(
+            "edge-agent-soak-", model=model, source=source, fps=fps, threads=threads
+        ) as run:
+            t0 = time.monotonic()
+            while True:
+                _check_alive(run.proc, run.folder)
+                elapsed = time.monotonic() - t0
+                row = read_proc(run.proc.pid, elapsed, run.arrivals.count())
+                rows.append(row)
+                if out is not None:
+                    print(" ".join(f"{v:>12}" for v in asdict(row).values()), file=out)
+                    out.flush()
+                if writer is not None and csv_fh is not None:
+                    writer.writerow(asdict(row).values())
+                    csv_fh.flush()
+                if elapsed >= duration:
+                    break
+                time.sleep(min(interval_s, max(0.0, duration - elapsed)))
     finally:
         if csv_fh is not None:
             csv_fh.close()
