@@ -99,7 +99,6 @@ class Stats:
         self.inferences = 0  # frames the model ran on
         self.skipped_no_motion = 0  # frames the motion gate kept from the model
         self.errors = 0
-        self.heartbeat = time.monotonic()
 
     def record(self, latency_ms: float) -> None:
         """A frame the model ran on."""
@@ -109,7 +108,6 @@ class Stats:
             self._latency.append(latency_ms)
             self.frames += 1
             self.inferences += 1
-            self.heartbeat = now
 
     def skipped(self) -> None:
         """A frame the motion gate kept from the model: counted in fps and frames, not in the
@@ -119,7 +117,6 @@ class Stats:
             self._done.append(now)
             self.frames += 1
             self.skipped_no_motion += 1
-            self.heartbeat = now
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:
