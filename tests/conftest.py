@@ -259,3 +259,12 @@ def run_agent() -> Iterator[Callable[..., AgentProcess]]:
     yield start
     for a in started:
         a.stop()
+
+
+@pytest.fixture
+def started() -> Iterator[list[Any]]:
+    """Sources a test starts; stopped even when the test fails."""
+    sources: list[Any] = []
+    yield sources
+    for source in sources:
+        source.stop()

@@ -35,15 +35,6 @@ def frames() -> list[bytes]:
     return video_frames(MEDIA / "bikes.mp4", count=20)
 
 
-@pytest.fixture
-def started() -> Iterator[list[FrameSource]]:
-    """Sources a test starts; stopped even when the test fails."""
-    sources: list[FrameSource] = []
-    yield sources
-    for source in sources:
-        source.stop()
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -77,15 +77,6 @@ def fast_video(tmp_path: Path) -> Path:
 @pytest.fixture
 def statuses() -> list[SourceStatus]:
     return []
-
-
-@pytest.fixture
-def started() -> Iterator[list[FrameSource]]:
-    """Sources a test starts; stopped even when the test fails."""
-    sources: list[FrameSource] = []
-    yield sources
-    for source in sources:
-        source.stop()
 
 
 def test_file_hands_out_every_frame_in_order_then_ends(video: Path) -> None:
