@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import socket
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -96,6 +97,48 @@ class MotionConfig(Section):
 
 
 Mask = list[tuple[float, float]]
+
+#: the camera of a config with a lone ``source:``
+MAIN_CAMERA = "main"
+# Topic levels of the device's own (DESIGN.md section 5): a camera of that name would publish
+# into them (``B/cmd/detections`` would come back as a command).
+RESERVED_CAMERA_NAMES = frozenset(
+    {"cmd", "status", "model", "metrics", "detections", "snapshot", "events", "objects", "zones",
+     "all"}
+)
+CAMERA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _check_masks(masks: list[Mask]) -> list[Mask]:
+    for i, polygon in enumerate(masks):
+        if len(polygon) < 3:
+            raise ValueError(f"mask {i} has {len(polygon)} points; a polygon needs 3 or more")
+        for x, y in polygon:
+            if not (0 <= x <= 1 and 0 <= y <= 1):
+                raise ValueError(
+                    f"mask {i}: point [{x:g}, {y:g}] is outside the frame "
+                    "(coordinates are fractions, 0 to 1)"
+                )
+    return masks
+
+
+class CameraConfig(Section):
+    """One camera of ``cameras:``: what it reads and its motion gate (zones and object filters
+    come with events)."""
+
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    motion: MotionConfig = Field(
+        default_factory=MotionConfig, description="the motion gate of this camera"
+    )
+    masks: list[Mask] = Field(
+        default_factory=list,
+        description="polygons of [x, y] frame fractions where motion is ignored",
+    )
+
+    @field_validator("masks")
+    @classmethod
+    def _masks_are_polygons(cls, masks: list[Mask]) -> list[Mask]:
+        return _check_masks(masks)
 
 
 class ModelConfig(Section):
@@ -312,6 +355,11 @@ class Config(Section):
         default_factory=list,
         description="polygons of [x, y] frame fractions where motion is ignored",
     )
+    cameras: dict[str, CameraConfig] = Field(
+        default_factory=dict,
+        description="several cameras by name (topic-safe: letters, digits, _ and -), instead of "
+        "the top-level source, motion and masks; each publishes under B/<name>/",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -329,16 +377,30 @@ class Config(Section):
     @field_validator("masks")
     @classmethod
     def _masks_are_polygons(cls, masks: list[Mask]) -> list[Mask]:
-        for i, polygon in enumerate(masks):
-            if len(polygon) < 3:
-                raise ValueError(f"mask {i} has {len(polygon)} points; a polygon needs 3 or more")
-            for x, y in polygon:
-                if not (0 <= x <= 1 and 0 <= y <= 1):
-                    raise ValueError(
-                        f"mask {i}: point [{x:g}, {y:g}] is outside the frame "
-                        "(coordinates are fractions, 0 to 1)"
-                    )
-        return masks
+        return _check_masks(masks)
+
+    @model_validator(mode="after")
+    def _cameras_or_source(self) -> Config:
+        if self.cameras:
+            top = sorted({"source", "motion", "masks"} & self.model_fields_set)
+            if top:
+                raise ValueError(
+                    f"cameras: and a top-level {', '.join(top)} are exclusive: with cameras, "
+                    f"each camera has its own (cameras.NAME.{top[0]})"
+                )
+        return self
+
+    @property
+    def single_camera(self) -> bool:
+        """A lone ``source:`` (no ``cameras:``): one camera named ``main`` whose topics are the
+        device's own."""
+        return not self.cameras
+
+    def camera_configs(self) -> dict[str, CameraConfig]:
+        """Every camera by name; a lone ``source:`` is the camera ``main``."""
+        if self.cameras:
+            return dict(self.cameras)
+        return {MAIN_CAMERA: CameraConfig(source=self.source, motion=self.motion, masks=self.masks)}
 
     @property
     def outbox_path(self) -> Path:
@@ -347,6 +409,22 @@ class Config(Section):
     @property
     def overlay_path(self) -> Path:
         return self.store.path / "config.overlay.yaml"
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_names(cls, cameras: dict[str, CameraConfig]) -> dict[str, CameraConfig]:
+        for name in cameras:
+            if not CAMERA_NAME.fullmatch(name):
+                raise ValueError(
+                    f"camera name {name!r} is not topic-safe: use 1 to 64 letters, digits, "
+                    "_ or -"
+                )
+            if name in RESERVED_CAMERA_NAMES:
+                raise ValueError(
+                    f"camera name {name!r} is a topic of the device itself; reserved: "
+                    + ", ".join(sorted(RESERVED_CAMERA_NAMES))
+                )
+        return cameras
 
     @field_validator("device_id")
     @classmethod
@@ -413,12 +491,15 @@ def env_variable(
 def known_keys(loc: tuple[int | str, ...]) -> list[str]:
     """The keys the config accepts inside the section at ``loc`` (list indexes skipped)."""
     model: type[BaseModel] | None = Config
+    named = False  # the part before was a map of names (cameras): this part is a name
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or named:
+            named = False
             continue
         field = model.model_fields.get(part) if model is not None else None
         if field is None:
             return []
+        named = get_origin(field.annotation) is dict
         model = _model_in(field.annotation)
     return list(model.model_fields) if model is not None else []
 
@@ -550,9 +631,10 @@ def relative_to(config: Config, base: Path) -> Config:
     if config.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             setattr(config.mqtt.tls, name, fix(getattr(config.mqtt.tls, name)))
-    uri = config.source.uri
-    if "://" not in uri and not uri.isdigit() and not Path(uri).is_absolute():
-        config.source.uri = str(base / uri)
+    for source in [config.source, *(c.source for c in config.cameras.values())]:
+        uri = source.uri
+        if "://" not in uri and not uri.isdigit() and not Path(uri).is_absolute():
+            source.uri = str(base / uri)
     return config
 
 

@@ -1,7 +1,8 @@
 """Frame -> detections loop: two stages so preprocessing of the next frame overlaps inference
 of this one, timed so the model always gets the newest frame; per-stage timing from capture on;
 each frame runs with the model slot's detector of the moment, so a model is swapped only between
-two frames; a motion gate in the first stage keeps still frames from the model."""
+two frames (for every camera at once); a motion gate per camera keeps still frames from the
+model; several cameras share the one model, taken in turn (``agent.scheduler``)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from agent.config import MAIN_CAMERA
 from agent.detection import Detection, Detector, DetectorSettings, StageTimes
 from agent.detection.preprocess import Transform
 from agent.health import Heartbeat, supervised
 from agent.motion import Motion, MotionGate
+from agent.scheduler import Feed, RoundRobin
 from agent.serving import ModelSlot
 from agent.sources import Frame, FrameSource
 
@@ -41,6 +44,8 @@ class Result:
     queued_ms: float = 0.0
     #: the motion gate's verdict on the frame (None: no gate); a still frame here is a recheck
     motion: Motion | None = None
+    #: the camera the frame came from
+    camera: str = MAIN_CAMERA
 
     def latency_ms(self) -> tuple[float, float, float]:
         """``(inference, total, queued)`` as the detections payload reports them; ``total`` runs
@@ -51,6 +56,7 @@ class Result:
 
 @dataclass
 class _Prepared:
+    feed: Feed
     frame: Frame
     tensor: np.ndarray
     transform: Transform
@@ -161,16 +167,23 @@ class Pipeline:
 
     def __init__(
         self,
-        source: FrameSource,
+        source: FrameSource | Sequence[Feed],
         model: ModelSlot | Detector,
         on_result: Callable[[Result], None],
         settings: DetectorSettings | None = None,
         offload: Offload | None = None,
         gate: MotionGate | None = None,
     ) -> None:
-        self.source = source
-        self.gate = gate
-        self._last_to_model = -float("inf")  # monotonic: a frame last went to the model
+        if isinstance(source, FrameSource):
+            feeds: Sequence[Feed] = [Feed(MAIN_CAMERA, source, gate)]
+        else:
+            if gate is not None:
+                raise ValueError("with several cameras, each Feed has its own gate")
+            feeds = source
+        self.feeds = list(feeds)
+        self.scheduler = RoundRobin(self.feeds)
+        #: per camera: frames, inferences, frames kept from the model by motion, fps, latency
+        self.camera_stats = {feed.name: Stats() for feed in self.feeds}
         self.offload = offload
         self.slot = model if isinstance(model, ModelSlot) else ModelSlot.holding(model)
         self.settings = settings or DetectorSettings()
@@ -189,6 +202,16 @@ class Pipeline:
         self._taken = 0  # items the infer stage took
         self._cycle = _Durations()  # infer stage: take an item .. result handed on
         self._prep = _Durations()
+
+    @property
+    def source(self) -> FrameSource:
+        """The first camera's source (the only one of a single-camera pipeline)."""
+        return self.feeds[0].source
+
+    @property
+    def gate(self) -> MotionGate | None:
+        """The first camera's motion gate (the only one of a single-camera pipeline)."""
+        return self.feeds[0].gate
 
     @property
     def detector(self) -> Detector:
@@ -248,7 +271,12 @@ class Pipeline:
                     if delay <= 0:
                         break
                     self._cond.wait(min(delay, 0.5))
-                elif due is not None and due - self._lead() <= time.monotonic() and self._lossy:
+                elif (
+                    due is not None
+                    and due - self._lead() <= time.monotonic()
+                    and self._lossy
+                    and self._replaceable
+                ):
                     break  # a frame is ready but the model is late: prepare a newer one
                 else:
                     self._cond.wait(0.5)
@@ -256,20 +284,29 @@ class Pipeline:
 
     @property
     def _lossy(self) -> bool:
-        return not self.source.lossless
+        return not self.scheduler.lossless
+
+    @property
+    def _replaceable(self) -> bool:
+        # One camera: a frame waiting for a late model is replaced by a newer one. Several: it
+        # waits, or its camera would lose its turn to the next one's frame.
+        return len(self.feeds) == 1
 
     def _prepare_loop(self) -> None:
         try:
             while not self._stop.is_set():
                 taken = self._wait_for_the_model()
-                frame = self.source.read(timeout=0.5)
-                if frame is None:
-                    if self.source.ended:
+                picked = self.scheduler.next(timeout=0.5)
+                if picked is None:
+                    if self.scheduler.ended:
                         break
                     continue
-                motion = self._motion(frame)
+                feed, frame = picked
+                stats = self.camera_stats[feed.name]
+                motion = self._motion(feed, frame)
                 still = motion is not None and not motion.moving
-                if still and time.monotonic() - self._last_to_model < self._recheck_s:
+                if still and time.monotonic() - feed.last_to_model < self._recheck_s(feed):
+                    stats.skipped()
                     self.stats.skipped()
                     continue
                 detector = self.slot.detector
@@ -277,12 +314,14 @@ class Pipeline:
                 try:
                     tensor, transform = detector.preprocess(frame.image)
                 except Exception:
+                    stats.errors += 1
                     self.stats.errors += 1
-                    log.exception("preprocessing frame %s failed", frame.id)
+                    log.exception("preprocessing frame %s of %s failed", frame.id, feed.name)
                     continue
                 ready = time.monotonic()
                 self._prep.add(ready - started)
                 item = _Prepared(
+                    feed,
                     frame,
                     tensor,
                     transform,
@@ -297,7 +336,8 @@ class Pipeline:
                         if self._slot is None and self._taken != taken:
                             # The model took the frame this one was to replace and is busy
                             # with it: this one would wait a whole inference. The next one is
-                            # read when the model is due to free up.
+                            # read when the model is due to free up (this camera's turn kept).
+                            self.scheduler.give_back(feed, frame)
                             continue
                         # Replaces a frame the late model has not taken yet: newer is better.
                     else:
@@ -306,20 +346,21 @@ class Pipeline:
                         while self._slot is not None and not self._stop.is_set():
                             self._cond.wait(0.5)
                     self._slot = item
-                    self._last_to_model = ready
+                    feed.last_to_model = ready
                     self._cond.notify_all()
         finally:
             with self._cond:
                 self._prepare_done = True
                 self._cond.notify_all()
 
-    @property
-    def _recheck_s(self) -> float:
-        return self.gate.settings.recheck_s if self.gate is not None else 0.0
+    @staticmethod
+    def _recheck_s(feed: Feed) -> float:
+        return feed.gate.settings.recheck_s if feed.gate is not None else 0.0
 
-    def _motion(self, frame: Frame) -> Motion | None:
-        """The gate's verdict on ``frame``, or None when there is no gate or it is off."""
-        gate = self.gate
+    @staticmethod
+    def _motion(feed: Feed, frame: Frame) -> Motion | None:
+        """The gate's verdict on ``frame``, or None when the camera has no gate or it is off."""
+        gate = feed.gate
         if gate is None:
             return None
         if not gate.settings.enabled:
@@ -330,7 +371,7 @@ class Pipeline:
         except Exception:
             # A frame the gate cannot read goes to the model: better a run too many than a
             # person missed (and preprocessing reports what is wrong with it).
-            log.exception("motion check of frame %s failed", frame.id)
+            log.exception("motion check of frame %s of %s failed", frame.id, feed.name)
             return None
 
     def _infer_loop(self) -> None:
@@ -381,9 +422,11 @@ class Pipeline:
             # A model that fails on one frame must not take the agent down; the count shows in
             # status and metrics (and lets a later update roll back a bad model).
             self.stats.errors += 1
-            log.exception("inference on frame %s failed", item.frame.id)
+            self.camera_stats[item.feed.name].errors += 1
+            log.exception("inference on frame %s of %s failed", item.frame.id, item.feed.name)
             return
         self.stats.record(times.total)
+        self.camera_stats[item.feed.name].record(times.total)
         result = Result(
             item.frame,
             detections,
@@ -393,6 +436,7 @@ class Pipeline:
             time.time(),
             max(0.0, queued_ms),
             item.motion,
+            item.feed.name,
         )
         try:
             self.on_result(result)

@@ -66,14 +66,25 @@ def store_problems(config: Config) -> list[Problem]:
 
 
 def source_problems(config: Config, *, files: bool = True) -> list[Problem]:
-    """A URI scheme no source reads (``rtps://``), and (``files``) a video file that is not there.
+    """A URI scheme no source reads (``rtps://``), and (``files``) a video file that is not there,
+    for every camera (the key named is the camera's).
 
     A camera that is not plugged in is not a problem, and neither is a missing file for ``run``:
     both are retried while the agent runs (a file may be copied in later).
     """
+    if config.single_camera:
+        return _uri_problems(config.source.uri, ("source", "uri"), files)
+    return [
+        problem
+        for name, camera in config.cameras.items()
+        for problem in _uri_problems(camera.source.uri, ("cameras", name, "source", "uri"), files)
+    ]
+
+
+def _uri_problems(uri: str, loc: tuple[str, ...], files: bool) -> list[Problem]:
     from agent.sources import STREAM_SCHEMES, source_kind
 
-    uri = config.source.uri.strip()
+    uri = uri.strip()
     if "://" in uri:
         scheme = uri.split("://", 1)[0].lower()
         known = [s.removesuffix("://") for s in STREAM_SCHEMES]
@@ -81,7 +92,7 @@ def source_problems(config: Config, *, files: bool = True) -> list[Problem]:
             # Only the scheme is shown: the rest of a URL can hold a password.
             return [
                 (
-                    ("source", "uri"),
+                    loc,
                     f"unknown scheme {scheme + '://'!r}; known: "
                     + ", ".join(s + "://" for s in known)
                     + did_you_mean(scheme, known),
@@ -89,7 +100,7 @@ def source_problems(config: Config, *, files: bool = True) -> list[Problem]:
             ]
         return []
     if files and source_kind(uri) == "file" and not Path(uri).expanduser().exists():
-        return [(("source", "uri"), f"video file or image folder {uri!r} does not exist")]
+        return [(loc, f"video file or image folder {uri!r} does not exist")]
     return []
 
 

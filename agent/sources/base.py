@@ -160,6 +160,9 @@ class FrameSource:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.on_status = on_status
+        #: called (on the reader thread, so it must not block) when a frame is ready to read or
+        #: the source is done: a scheduler waiting on several cameras wakes on it
+        self.on_frame: Callable[[], None] | None = None
         self._name = redact_uri(uri)
         self.retry_log = RetryLog(self._name)
         # monotonic time the reader thread last went round its loop (or woke from a retry wait):
@@ -271,6 +274,7 @@ class FrameSource:
         with self._cond:
             self._finished = True
             self._cond.notify_all()
+            self._wake()
             changed = self._status.state not in ("ended", "stopped")
             if changed:
                 self._status.state = "stopped"
@@ -329,6 +333,11 @@ class FrameSource:
             with self._cond:
                 self._finished = True
                 self._cond.notify_all()
+                self._wake()
+
+    def _wake(self) -> None:
+        if self.on_frame is not None:
+            self.on_frame()
 
     def _plan_rates(self) -> None:
         """Decide pacing (replay speed) and cap (hand-out limit) for the source just opened."""
@@ -421,6 +430,7 @@ class FrameSource:
             self._next_id += 1
             self._status.frames += 1
             self._cond.notify_all()
+            self._wake()
             if self._status.state == "connected":
                 return
             recovered = self._status.failures
@@ -460,6 +470,7 @@ class FrameSource:
             self._status.state = "ended"
             self._finished = True
             self._cond.notify_all()
+            self._wake()
             snapshot = self._snapshot()
         log.info("source %s: ended after %d frames", self._name, snapshot.frames)
         self._notify(snapshot)
