@@ -1,5 +1,5 @@
-"""Wiring: builds the model slot, source, outbox, MQTT connection, pipeline, updater and command
-handlers from the config, runs the control loop (commands, metrics, discovery), and stops
+"""Wiring: builds the model slot, cameras, outbox, MQTT connection, pipeline, updater and
+command handlers from the config, runs the control loop (commands, metrics, discovery), and stops
 everything in reverse order."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from agent.cameras import Cameras
 from agent.commands import CommandProcessor, CommandTargets
 from agent.config import Config, load_config
 from agent.damaged import damaged_files
@@ -21,7 +21,6 @@ from agent.detection import DetectorSettings
 from agent.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError
 from agent.health import Heartbeats, ProcessUsage
 from agent.live_config import LiveConfig
-from agent.motion import MotionGate, MotionSettings
 from agent.overlay import with_overlay
 from agent.pipeline import Pipeline, Result
 from agent.publish import MqttPublisher
@@ -32,7 +31,7 @@ from agent.reporting import Discovery, model_brief, model_message, status_extra,
 from agent.service import Notifier, ServiceLoop
 from agent.serving import ModelSlot, RuntimeSpec, ServingInfo
 from agent.snapshots import Snapshots
-from agent.sources import FrameSource, SourceStatus, open_source
+from agent.sources import SourceStatus
 
 if TYPE_CHECKING:
     from agent.registry.updater import Job, Updater, UpdateState
@@ -42,7 +41,8 @@ log = logging.getLogger("agent.app")
 
 
 class Agent:
-    """The daemon: one source, one model slot, one MQTT connection with its outbox."""
+    """The daemon: its cameras, one model slot they share, one MQTT connection with its
+    outbox."""
 
     def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
         self.live = LiveConfig(with_overlay(config))
@@ -54,11 +54,8 @@ class Agent:
         self._stop = threading.Event()
         # The one owner of the model in service; every load uses the config's runtime options.
         self.slot = ModelSlot(RuntimeSpec.from_config(self.config.model))
-        self.source: FrameSource | None = None
         self.pipeline: Pipeline | None = None
         self.usage = ProcessUsage()
-        self._last_signature: tuple[tuple[str, int], ...] | None = None
-        self._last_publish = 0.0
         # A heartbeat per thread; the service loop pings the watchdog only while all are well.
         self.health = Heartbeats(stall_s=self.config.service.stall_s)
         self.service = ServiceLoop(
@@ -77,10 +74,10 @@ class Agent:
             health=self.health,
         )
         self.topics = self.publisher.topics
+        # Sources are opened here and started with the pipeline.
+        self.cameras = Cameras(self.config, self.topics.base, on_status=self._on_source_status)
         self.snapshots = Snapshots(
-            self.publisher,
-            f"{self.topics.base}/snapshot",
-            lambda: self.config.publish.snapshot_max_bytes,
+            self.publisher, self.cameras, lambda: self.config.publish.snapshot_max_bytes
         )
         self.discovery = Discovery(self.publisher, self.topics, self.slot, lambda: self.config)
         # Real frames for a new model's trial, scaled down; only where updates can come from.
@@ -115,6 +112,7 @@ class Agent:
                 usage=self.usage,
                 settings=self.live,
                 snapshots=self.snapshots,
+                cameras=self.cameras,
                 updates=self.updater,
             )
         )
@@ -128,7 +126,7 @@ class Agent:
     # --- status and results ---
 
     def _status_extra(self) -> dict[str, object]:
-        extra = status_extra(self.slot, self.source)
+        extra = status_extra(self.slot, self.cameras)
         extra["stuck"] = self.service.stuck  # threads without a heartbeat (the watchdog stops)
         extra["damaged"] = damaged_files()  # state files set aside at start
         return extra
@@ -138,24 +136,13 @@ class Agent:
         if not self._stop.is_set():
             self.publisher.publish_status("online")
 
-    def _should_publish(self, result: Result) -> bool:
-        publish = self.config.publish
-        if publish.mode == "every_frame":
-            return True
-        signature = tuple(sorted(Counter(d.label for d in result.detections).items()))
-        now = time.monotonic()
-        if signature != self._last_signature or now - self._last_publish >= publish.heartbeat_s:
-            self._last_signature = signature
-            return True
-        return False
-
     def _on_result(self, result: Result) -> None:
         self.snapshots.keep(result)
         if self._recent is not None:
             self._recent.add(result.frame.image)
-        if not self._should_publish(result):
+        camera = self.cameras.get(result.camera)
+        if not camera.on_change.due(result, self.config.publish):
             return
-        self._last_publish = time.monotonic()
         frame = result.frame
         h, w = frame.image.shape[:2]
         objects = [d.to_dict() for d in result.detections]
@@ -170,9 +157,10 @@ class Agent:
                 (result.model_name, result.model_version),
                 result.latency_ms(),  # measured now: the hand-off to MQTT
                 objects,
+                camera.name,
             )
 
-        self.publisher.send(self.topics.detections, build, qos=self.config.mqtt.qos)
+        self.publisher.send(camera.detections_topic, build, qos=self.config.mqtt.qos)
 
     # --- live changes (config/set, SIGHUP, a model swap) ---
 
@@ -183,14 +171,7 @@ class Agent:
     def _on_config_change(self, config: Config, patch: dict[str, Any]) -> None:
         if self.pipeline is not None:
             self.pipeline.settings = self._settings()
-        if self.source is not None and "source" in patch:
-            self.source.set_fps(config.source.fps)
-        gate = self.pipeline.gate if self.pipeline is not None else None
-        if gate is not None:  # replaced between two frames of the prepare stage
-            gate.settings = MotionSettings(**config.motion.model_dump())
-            if "masks" in patch:
-                gate.masks = config.masks
-        self._last_signature = None
+        self.cameras.apply(config)  # fps caps and motion gates (between two frames)
         self._next_metrics = 0.0  # a new metrics period counts from now
         if "labels" in patch.get("detection", {}):
             self.discovery.publish(only_if_changed=True)  # HA's entities follow the labels
@@ -229,13 +210,18 @@ class Agent:
     def metrics(self) -> dict[str, Any]:
         assert self.pipeline is not None
         stats = self.pipeline.stats.snapshot()
-        source = self.source.status if self.source is not None else None
+        cameras = self.cameras.metrics(self.pipeline.camera_stats)
         return {
-            **stats,
+            **stats,  # all cameras together
             "ts": round(time.time(), 3),
             "model": model_brief(self.slot),
-            "dropped_frames": source.dropped if source else 0,
-            "source_state": source.state if source else None,
+            "dropped_frames": sum(c["dropped"] for c in cameras.values()),
+            **(
+                {"source_state": next(iter(cameras.values()))["source_state"]}
+                if self.cameras.single
+                else {}
+            ),
+            "cameras": cameras,
             "outbox_depth": self.outbox.depth,
             "outbox_dropped": self.outbox.dropped,
             "reconnects": self.publisher.reconnects,
@@ -270,27 +256,15 @@ class Agent:
         if self.split is not None:
             self.split.attach()
         self.publisher.start()
-        self.source = open_source(
-            c.source.uri,
-            fps=c.source.fps,
-            loop=c.source.loop,
-            realtime=c.source.realtime,
-            backoff_initial_s=c.source.backoff_initial_s,
-            backoff_max_s=c.source.backoff_max_s,
-            on_status=self._on_source_status,
-        )
         self.pipeline = Pipeline(
-            self.source,
-            self.slot,
-            self._on_result,
-            self._settings(),
-            offload=self.split,
-            gate=MotionGate(MotionSettings(**c.motion.model_dump()), c.masks),
+            self.cameras.feeds(), self.slot, self._on_result, self._settings(), offload=self.split
         )
-        self.health.watch("source", self.source.stalled_for)
+        for camera in self.cameras:
+            name = "source" if self.cameras.single else f"source {camera.name}"
+            self.health.watch(name, camera.source.stalled_for)
         pipeline = self.pipeline
         self.health.watch("pipeline", pipeline.stalled_for, alive=lambda: pipeline.alive)
-        self.source.start()
+        self.cameras.start()
         self.pipeline.start()
         if self.updater is not None:
             self.updater.start(self.health.register("updater"))
@@ -332,13 +306,13 @@ class Agent:
         return not self.health.stuck()
 
     def _is_ready(self) -> bool:
-        # The first frame is processed, or the camera is being retried: up and doing its job.
-        assert self.pipeline is not None and self.source is not None
-        return self.pipeline.stats.frames > 0 or self.source.status.state == "retrying"
+        # The first frame is processed, or a camera is being retried: up and doing its job.
+        assert self.pipeline is not None
+        return self.pipeline.stats.frames > 0 or self.cameras.any_retrying()
 
     def _status_line(self) -> str:
         stats = self.pipeline.stats.snapshot() if self.pipeline is not None else None
-        return status_line(self.slot, stats, self.source, self.publisher.connected.is_set())
+        return status_line(self.slot, stats, self.cameras, self.publisher.connected.is_set())
 
     def _service_tick(self, now: float) -> None:
         """READY once up, then STATUS and watchdog pings while every heartbeat is well."""
@@ -409,8 +383,7 @@ class Agent:
         self._stop.set()
         if self.updater is not None:
             self.updater.stop()
-        if self.source is not None:
-            self.source.stop()
+        self.cameras.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
         self.publisher.close("stopped", timeout=self.config.service.stop_flush_s)

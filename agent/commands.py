@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import __version__
-from agent.errors import ConfigError, EdgeAgentError
+from agent.errors import ConfigError, EdgeAgentError, UnknownCameraError
 
 if TYPE_CHECKING:
     from agent.config import RegistryConfig
@@ -47,7 +47,7 @@ class PingCommand(_Command):
 
 
 class SnapshotCommand(_Command):
-    pass
+    camera: str | None = Field(None, description="the camera; may be left out with one camera")
 
 
 class DetectionPatch(BaseModel):
@@ -62,6 +62,14 @@ class SourcePatch(BaseModel):
     fps: float | None = Field(None, ge=0)
 
 
+class MotionPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool | None = None
+    threshold: int | None = Field(None, ge=1, le=255)
+    min_area: float | None = Field(None, ge=0, le=1)
+    recheck_s: float | None = Field(None, gt=0)
+
+
 class PublishPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Literal["every_frame", "on_change"] | None = None
@@ -70,15 +78,18 @@ class PublishPatch(BaseModel):
 
 
 class ConfigSetCommand(_Command):
-    """The settings that can change while running; anything else needs a restart."""
+    """The settings that can change while running; anything else needs a restart. ``source``
+    and ``motion`` are a camera's: with several cameras ``camera`` names which."""
 
+    camera: str | None = None
     detection: DetectionPatch | None = None
     source: SourcePatch | None = None
+    motion: MotionPatch | None = None
     publish: PublishPatch | None = None
 
     def patch(self) -> dict[str, dict[str, Any]]:
         out = {}
-        for section in ("detection", "source", "publish"):
+        for section in ("detection", "source", "motion", "publish"):
             value = getattr(self, section)
             if value is not None:
                 fields = value.model_dump(exclude_unset=True)
@@ -117,7 +128,17 @@ class LiveSettings(Protocol):
 
 
 class SnapshotTaker(Protocol):
-    def take(self) -> dict[str, Any]: ...
+    def take(self, camera: str | None = None) -> dict[str, Any]: ...
+
+
+class CameraNames(Protocol):
+    """The cameras, as the handlers see them."""
+
+    @property
+    def single(self) -> bool: ...
+
+    @property
+    def names(self) -> list[str]: ...
 
 
 class Updates(Protocol):
@@ -138,6 +159,7 @@ class CommandTargets:
     usage: Uptime
     settings: LiveSettings
     snapshots: SnapshotTaker
+    cameras: CameraNames
     updates: Updates | None = None
 
 
@@ -155,18 +177,44 @@ def _ping(t: CommandTargets, cmd: PingCommand) -> dict[str, Any]:
     }
 
 
+# The sections of config/set that are a camera's (``cameras.NAME.<section>`` with several).
+CAMERA_SECTIONS = ("source", "motion")
+
+
 def _config_set(t: CommandTargets, cmd: ConfigSetCommand) -> dict[str, Any]:
     patch = cmd.patch()
     if not patch:
-        raise CommandError("nothing to change: give detection, source or publish settings")
+        raise CommandError("nothing to change: give detection, source, motion or publish settings")
+    camera = {k: patch.pop(k) for k in CAMERA_SECTIONS if k in patch}
+    if cmd.camera is not None and not camera:
+        raise CommandError(
+            "'camera' goes with a camera's settings (source, motion); detection and publish "
+            "are the device's"
+        )
+    if camera:
+        name = _camera(t.cameras, cmd.camera)
+        if t.cameras.single:
+            patch.update(camera)
+        else:
+            patch["cameras"] = {name: camera}
     try:
         return t.settings.apply(patch)
     except ConfigError as exc:
         raise CommandError(str(exc)) from exc
 
 
+def _camera(cameras: CameraNames, name: str | None) -> str:
+    """The camera a command is about: ``name``, or the only one; refused with the list."""
+    names = cameras.names
+    if name is None and cameras.single:
+        return names[0]
+    if name is None or name not in names:
+        raise UnknownCameraError(name, names)
+    return name
+
+
 def _snapshot(t: CommandTargets, cmd: SnapshotCommand) -> dict[str, Any]:
-    return t.snapshots.take()
+    return t.snapshots.take(_camera(t.cameras, cmd.camera))
 
 
 def _updater(t: CommandTargets) -> Updates:

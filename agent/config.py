@@ -382,7 +382,10 @@ class Config(Section):
     @model_validator(mode="after")
     def _cameras_or_source(self) -> Config:
         if self.cameras:
-            top = sorted({"source", "motion", "masks"} & self.model_fields_set)
+            # By value, not by the keys given: a whole config dumped and validated again (a
+            # config/set patch) names every key.
+            defaults = {"source": SourceConfig(), "motion": MotionConfig(), "masks": []}
+            top = [key for key, default in defaults.items() if getattr(self, key) != default]
             if top:
                 raise ValueError(
                     f"cameras: and a top-level {', '.join(top)} are exclusive: with cameras, "

@@ -9,6 +9,7 @@
     │   └── DecodeError                model outputs do not fit the family's decoder
     ├── RuntimeUnavailableError    78  the runtime a model needs is not installed
     ├── SourceError                    a camera, stream, file or folder cannot be opened or read
+    ├── UnknownCameraError             a command names a camera the agent does not have
     ├── PublishError               78  the MQTT connection cannot be set up (TLS files, login)
     ├── RegistryError                  a model update cannot be used (the running model serves on)
     │   ├── SignatureError             no trusted key signed these exact bytes
@@ -121,3 +122,17 @@ class CompressError(EdgeAgentError):
 
 class SplitError(EdgeAgentError):
     """A model cannot be cut at the asked point, or head and tail do not fit together."""
+
+
+class UnknownCameraError(EdgeAgentError):
+    """A command named a camera the agent does not have (or none, where there are several);
+    the message lists the cameras."""
+
+    def __init__(self, name: str | None, names: list[str]) -> None:
+        self.names = names
+        listed = ", ".join(names)
+        super().__init__(
+            f"no camera {name!r}; cameras: {listed}"
+            if name is not None
+            else f'give "camera": one of {listed}'
+        )

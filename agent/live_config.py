@@ -1,6 +1,7 @@
 """The config in force while running: the file's, with the persisted overlay, changed by
 ``config/set`` (validated as a whole, then saved in the overlay) and by SIGHUP; the parts that
-follow a setting (pipeline thresholds, source fps, Home Assistant discovery) subscribe to it."""
+follow a setting (pipeline thresholds, each camera's fps and motion gate, Home Assistant
+discovery) subscribe to it."""
 
 from __future__ import annotations
 
@@ -14,9 +15,38 @@ from agent.overlay import deep_merge, merged, read_overlay, write_overlay
 
 log = logging.getLogger("agent.live_config")
 
-# The sections that change while running; anything else takes effect at the next restart.
-LIVE_SECTIONS = ("detection", "source", "publish")
+# The sections that change while running (a source only its fps; with ``cameras:`` each
+# camera's fps, motion and masks); anything else takes effect at the next restart.
+LIVE_SECTIONS = ("detection", "source", "motion", "masks", "publish", "cameras")
 RESTART_SECTIONS = ("device_id", "model", "mqtt", "store", "homeassistant", "split")
+
+
+def _camera_live(source_fps: float, motion: dict[str, Any], masks: Any) -> dict[str, Any]:
+    return {"source": {"fps": source_fps}, "motion": motion, "masks": masks}
+
+
+def live_settings(c: Config) -> dict[str, Any]:
+    """The part of ``c`` that changes while running, as a patch."""
+    out: dict[str, Any] = {
+        "detection": c.detection.model_dump(),
+        "publish": c.publish.model_dump(),
+    }
+    if c.single_camera:
+        out.update(_camera_live(c.source.fps, c.motion.model_dump(), c.masks))
+    else:
+        out["cameras"] = {
+            name: _camera_live(cam.source.fps, cam.motion.model_dump(), cam.masks)
+            for name, cam in c.cameras.items()
+        }
+    return out
+
+
+def _fixed_part(c: Config) -> tuple[object, ...]:
+    """What of the cameras only a restart changes: the names, and all but fps of a source."""
+    cameras = c.camera_configs()
+    return tuple(
+        (name, cam.source.model_dump(exclude={"fps"})) for name, cam in cameras.items()
+    )
 
 # listener(new config, the patch that made it: {section: {key: value}})
 ConfigListener = Callable[[Config, dict[str, Any]], None]
@@ -39,12 +69,10 @@ class LiveConfig:
 
     def view(self) -> dict[str, Any]:
         """The settings that can change while running, as ``config/set`` reports them."""
-        c = self._config
-        return {
-            "detection": c.detection.model_dump(),
-            "source": {"fps": c.source.fps},
-            "publish": c.publish.model_dump(),
-        }
+        view = live_settings(self._config)
+        for camera in [view, *view.get("cameras", {}).values()]:
+            camera.pop("masks", None)  # long polygons; config/set does not change them
+        return view
 
     def apply(self, patch: dict[str, Any]) -> dict[str, Any]:
         """Validate ``patch`` against the whole config (ConfigError, changing nothing), persist
@@ -62,15 +90,16 @@ class LiveConfig:
         restart_only = [
             name for name in RESTART_SECTIONS if getattr(fresh, name) != getattr(self._config, name)
         ]
-        if fresh.source.model_dump(exclude={"fps"}) != self._config.source.model_dump(
-            exclude={"fps"}
-        ):
-            restart_only.append("source")
-        live = {
-            "detection": fresh.detection.model_dump(),
-            "source": {"fps": fresh.source.fps},
-            "publish": fresh.publish.model_dump(),
-        }
+        if _fixed_part(fresh) != _fixed_part(self._config):
+            restart_only.append("cameras" if self._config.cameras or fresh.cameras else "source")
+        live = live_settings(fresh)
+        if fresh.single_camera != self._config.single_camera:
+            for key in ("source", "motion", "masks", "cameras"):  # all of it waits
+                live.pop(key, None)
+        elif "cameras" in live:  # only the cameras running now; one added waits for the restart
+            live["cameras"] = {
+                name: cam for name, cam in live["cameras"].items() if name in self._config.cameras
+            }
         self._set(merged(self._config, live), live)
         return restart_only
 

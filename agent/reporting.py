@@ -14,9 +14,9 @@ from agent.publish.topics import Topics
 from agent.serving import ModelSlot
 
 if TYPE_CHECKING:
+    from agent.cameras import Cameras
     from agent.config import Config
     from agent.registry.updater import UpdateState
-    from agent.sources import FrameSource
 
 log = logging.getLogger("agent.reporting")
 
@@ -33,34 +33,39 @@ def model_brief(slot: ModelSlot) -> dict[str, str] | None:
     return {"name": info.name, "version": info.version}
 
 
-def status_extra(slot: ModelSlot, source: FrameSource | None) -> dict[str, object]:
-    """The fields the retained ``B/status`` carries besides its state."""
+def status_extra(slot: ModelSlot, cameras: Cameras | None) -> dict[str, object]:
+    """The fields the retained ``B/status`` carries besides its state: the model, and each
+    camera's source (a lone source also under its old key ``source``)."""
     extra: dict[str, object] = {}
     model = model_brief(slot)
     if model is not None:
         extra["model"] = model
-    if source is not None:
-        s = source.status
-        extra["source"] = {"state": s.state, "failures": s.failures, "last_error": s.last_error}
+    if cameras is not None:
+        states = cameras.status()
+        if cameras.single:
+            extra["source"] = next(iter(states.values()))
+        extra["cameras"] = states
     return extra
 
 
 def status_line(
     slot: ModelSlot,
     stats: dict[str, float] | None,
-    source: FrameSource | None,
+    cameras: Cameras | None,
     mqtt_connected: bool,
 ) -> str:
-    """systemd's STATUS=: the model, frames and fps, a camera problem, the MQTT state."""
+    """systemd's STATUS=: the model, frames and fps, cameras' problems, the MQTT state."""
     parts = []
     model = model_brief(slot)
     if model is not None:
         parts.append(f"model {model['name']} {model['version']}")
     if stats is not None:
         parts.append(f"{stats['frames']} frames, {stats['fps']} fps")
-    if source is not None and source.status.state != "connected":
-        s = source.status
-        parts.append(f"source {s.state}" + (f": {s.last_error}" if s.last_error else ""))
+    for camera in cameras or ():
+        s = camera.source.status
+        if s.state != "connected":
+            what = "source" if cameras is not None and cameras.single else f"camera {camera.name}"
+            parts.append(f"{what} {s.state}" + (f": {s.last_error}" if s.last_error else ""))
     parts.append("mqtt " + ("connected" if mqtt_connected else "connecting"))
     return ", ".join(parts)
 

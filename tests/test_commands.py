@@ -656,13 +656,22 @@ class FakeAgent:
                 }
 
         class Snaps:
-            def take(self) -> dict[str, Any]:
+            def take(self, camera: str | None = None) -> dict[str, Any]:
                 agent.calls["snapshot"] += 1
                 raise CommandError("no frame has been processed yet")
 
+        class OneCamera:
+            single = True
+            names = ["main"]
+
         # No registry: model/update and model/rollback are refused before reaching anything.
         self.targets = CommandTargets(
-            model=Model(), usage=Usage(), settings=Settings(), snapshots=Snaps(), updates=None
+            model=Model(),
+            usage=Usage(),
+            settings=Settings(),
+            snapshots=Snaps(),
+            cameras=OneCamera(),
+            updates=None,
         )
 
 

@@ -357,9 +357,9 @@ def test_journal_format_under_systemd_and_json_on_request(tmp_path: Path) -> Non
 def test_a_dead_pipeline_stage_exits_1_for_a_restart(broker, tmp_path, assets, monkeypatch):
     """A stage that dies of an exception is not the end of a finite source: the agent exits 1
     (systemd's Restart=on-failure restarts it) instead of 0, which would leave the device down."""
-    import agent.app as app_module
+    import agent.cameras as cameras_module
 
-    real_open = app_module.open_source
+    real_open = cameras_module.open_source
     reads = [0]
 
     def open_breaking(*args: Any, **kwargs: Any) -> Any:
@@ -375,7 +375,7 @@ def test_a_dead_pipeline_stage_exits_1_for_a_restart(broker, tmp_path, assets, m
         source.read = read  # type: ignore[method-assign]
         return source
 
-    monkeypatch.setattr(app_module, "open_source", open_breaking)
+    monkeypatch.setattr(cameras_module, "open_source", open_breaking)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         yaml.safe_dump(

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import __version__
+from agent.config import MAIN_CAMERA
 
 
 class _Payload(BaseModel):
@@ -45,6 +46,7 @@ class ObjectPayload(_Payload):
 
 class DetectionsPayload(_Payload):
     seq: int
+    camera: str
     ts: float
     frame: FrameInfo
     model: ModelRef
@@ -73,12 +75,15 @@ def detections_message(
     model: tuple[str, str],
     latency_ms: tuple[float, float] | tuple[float, float, float],
     objects: list[dict[str, object]],
+    camera: str = MAIN_CAMERA,
 ) -> bytes:
     """``latency_ms``: ``(inference, total)`` or ``(inference, total, queued)``, as
-    ``pipeline.Result.latency_ms()`` gives them."""
+    ``pipeline.Result.latency_ms()`` gives them; ``camera`` the camera's name (``main`` for a
+    lone source)."""
     queued = latency_ms[2] if len(latency_ms) > 2 else 0.0
     body = {
         "seq": seq,
+        "camera": camera,
         "ts": round(ts, 3),
         "frame": {"id": frame_id, "width": width, "height": height},
         "model": {"name": model[0], "version": model[1]},
