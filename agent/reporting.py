@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.reporting")
 
 
+# (model name, labels, camera names or None for a lone source:)
+_Announced = tuple[str, tuple[str, ...], tuple[str, ...] | None]
+
+
 class _Publish(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any: ...
 
@@ -88,7 +92,7 @@ def model_message(
 
 
 class Discovery:
-    """Home Assistant discovery for the model in service and the watched labels."""
+    """Home Assistant discovery for the model in service, the watched labels and the cameras."""
 
     def __init__(
         self, publisher: _Publish, topics: Topics, slot: ModelSlot, config: Callable[[], Config]
@@ -97,28 +101,36 @@ class Discovery:
         self.topics = topics
         self.slot = slot
         self._config = config  # the live config: labels can change over MQTT
-        self.announced: tuple[str, tuple[str, ...]] | None = None
+        self.announced: _Announced | None = None
 
-    def wanted(self) -> tuple[str, tuple[str, ...]] | None:
-        """(model name, labels) to announce; None when discovery is off or no model serves."""
+    def wanted(self) -> _Announced | None:
+        """(model name, labels, camera names or None for a lone ``source:``) to announce; None
+        when discovery is off or no model serves."""
         c = self._config()
         ha = c.homeassistant
         if ha is None or not ha.enabled or not self.slot.loaded:
             return None
         info = self.slot.info
         labels: Sequence[str] = ha.labels or c.detection.labels or info.labels
-        return info.name, tuple(labels)
+        cameras = None if c.single_camera else tuple(c.camera_configs())
+        return info.name, tuple(labels), cameras
 
     def publish(self, *, only_if_changed: bool = False) -> None:
         """Publish the retained configs (every connect, Home Assistant's restart), or only when
-        the model's name or the labels differ from what was announced last."""
+        the model's name, the labels or the cameras differ from what was announced last."""
         wanted = self.wanted()
         if wanted is None or (only_if_changed and wanted == self.announced):
             return
         ha = self._config().homeassistant
         assert ha is not None
-        name, labels = wanted
-        for topic, payload in discovery_messages(self.topics, ha.discovery_prefix, labels, name):
+        name, labels, cameras = wanted
+        messages = discovery_messages(self.topics, ha.discovery_prefix, labels, name, cameras)
+        for topic, payload in messages:
             self.publisher.publish(topic, payload, qos=1, retain=True)
         self.announced = wanted
-        log.info("Home Assistant discovery published for %s (model %s)", ", ".join(labels), name)
+        log.info(
+            "Home Assistant discovery published for %s%s (model %s)",
+            ", ".join(labels),
+            f" on cameras {', '.join(cameras)}" if cameras is not None else "",
+            name,
+        )

@@ -17,9 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent import __version__
+from agent.config import Config
+from agent.detection import Detector
 from agent.publish.homeassistant import discovery_messages
 from agent.publish.payloads import detections_message, status_message
 from agent.publish.topics import Topics
+from agent.reporting import Discovery
+from agent.serving import ModelSlot, RuntimeSpec
 from tests.conftest import MEDIA, Subscriber
 
 # homeassistant/components/mqtt/discovery.py (TOPIC_MATCHER), anchored at our prefix.
@@ -222,6 +227,225 @@ def test_a_camera_that_is_away_makes_its_entities_unavailable():
     assert available(entities["person_detected"], {TOPICS.status: status_message("online")})
 
 
+# --- a lone source: what it published before cameras ----------------------------------------
+
+AVAILABLE = {"payload_available": "online", "payload_not_available": "offline"}
+DEVICE = {
+    "identifiers": ["edge-agent-cam-ha"],
+    "name": "edge-agent cam-ha",
+    "manufacturer": "edge-agent",
+    "model": "face-short-range",
+    "sw_version": __version__,
+}
+
+
+def test_a_lone_source_keeps_its_discovery_configs_byte_for_byte():
+    messages = discovery_messages(TOPICS, "homeassistant", ["person"], "face-short-range")
+    assert messages == discovery_messages(
+        TOPICS, "homeassistant", ["person"], "face-short-range", cameras=None
+    )
+    node = "homeassistant/{}/edge_agent_cam-ha/{}/config"
+    assert [t for t, _ in messages] == [
+        node.format("binary_sensor", "person_detected"),
+        node.format("sensor", "person_count"),
+        node.format("sensor", "fps"),
+        node.format("sensor", "status"),
+    ]
+    binary = {
+        "name": "person detected",
+        "state_topic": "edge-agent/cam-ha/detections",
+        "value_template": "{{ 'ON' if (value_json.objects | selectattr('label', 'equalto', "
+        "\"person\") | list | length) > 0 else 'OFF' }}",
+        "payload_on": "ON",
+        "payload_off": "OFF",
+        "device_class": "occupancy",
+        "availability": [
+            {
+                "topic": "edge-agent/cam-ha/status",
+                "value_template": "{{ 'online' if value_json.state == 'online' and "
+                "(value_json.source is not defined or value_json.source.state == 'connected') "
+                "else 'offline' }}",
+                **AVAILABLE,
+            }
+        ],
+        "availability_mode": "all",
+        "unique_id": "edge_agent_cam-ha_person_detected",
+        "default_entity_id": "binary_sensor.edge_agent_cam_ha_person_detected",
+        "device": DEVICE,
+    }
+    fps = {
+        "name": "inference fps",
+        "state_topic": "edge-agent/cam-ha/metrics",
+        "value_template": "{{ value_json.fps }}",
+        "unit_of_measurement": "fps",
+        "state_class": "measurement",
+        "entity_category": "diagnostic",
+        "availability": [
+            {
+                "topic": "edge-agent/cam-ha/status",
+                "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}",
+                **AVAILABLE,
+            }
+        ],
+        "availability_mode": "all",
+        "unique_id": "edge_agent_cam-ha_fps",
+        "default_entity_id": "sensor.edge_agent_cam_ha_fps",
+        "device": DEVICE,
+    }
+    compact = {"separators": (",", ":")}
+    assert messages[0][1] == json.dumps(binary, **compact).encode()  # type: ignore[arg-type]
+    assert messages[2][1] == json.dumps(fps, **compact).encode()  # type: ignore[arg-type]
+    # A camera of a cameras: config that happens to be called "main" has its own topics.
+    main = configs_of(["person"], ["main"])
+    main_person = by_object(main)["main_person_detected"]
+    assert main_person["state_topic"] == f"{TOPICS.base}/main/detections"
+
+
+# --- several cameras ------------------------------------------------------------------------
+
+
+def configs_of(
+    labels: list[str], cameras: list[str], topics: Topics = TOPICS
+) -> dict[str, dict[str, Any]]:
+    out = {}
+    for topic, payload in discovery_messages(
+        topics, "homeassistant", labels, "face-short-range", cameras
+    ):
+        assert topic not in out, f"two configs on {topic}"
+        out[topic] = json.loads(payload)
+    return out
+
+
+def test_per_camera_entities_under_the_one_device():
+    found = configs_of(["person", "car"], ["driveway", "door"])
+    assert len(found) == 2 * (2 * 2 + 1) + 1  # per camera: 2 per label and fps; status once
+    for topic, config in found.items():
+        m = HA_TOPIC.match(topic)
+        assert m and m["node_id"] == "edge_agent_cam-ha", topic
+        assert REQUIRED[m["component"]] <= set(config), topic
+        assert config["default_entity_id"].split(".")[0] == m["component"]
+        assert HA_ENTITY_ID.match(config["default_entity_id"]), config["default_entity_id"]
+    assert len({json.dumps(c["device"], sort_keys=True) for c in found.values()}) == 1
+    unique_ids = [c["unique_id"] for c in found.values()]
+    assert len(set(unique_ids)) == len(unique_ids)
+
+    entities = by_object(found)
+    assert set(entities) == {
+        *(
+            f"{cam}_{label}_{kind}"
+            for cam in ("driveway", "door")
+            for label in ("person", "car")
+            for kind in ("detected", "count")
+        ),
+        "driveway_fps",
+        "door_fps",
+        "status",
+    }
+    person = entities["driveway_person_detected"]
+    assert person["name"] == "driveway person detected"
+    assert person["state_topic"] == f"{TOPICS.base}/driveway/detections"
+    assert person["default_entity_id"] == "binary_sensor.edge_agent_cam_ha_driveway_person_detected"
+    assert person["device_class"] == "occupancy"
+    assert entities["door_car_count"]["name"] == "door car count"
+    assert entities["door_car_count"]["state_topic"] == f"{TOPICS.base}/door/detections"
+    assert entities["door_fps"]["name"] == "door inference fps"
+    assert entities["door_fps"]["state_topic"] == TOPICS.metrics
+    assert entities["status"]["state_topic"] == TOPICS.status
+    assert "availability" not in entities["status"]
+    for config in found.values():
+        assert all(a["topic"] == TOPICS.status for a in config.get("availability", []))
+
+
+camera_names = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    device_id=device_ids,
+    label_list=st.lists(labels, max_size=5),
+    cameras=st.lists(camera_names, min_size=1, max_size=5, unique=True),
+)
+def test_per_camera_topics_match_home_assistants_pattern_and_ids_are_unique(
+    device_id: str, label_list: list[str], cameras: list[str]
+):
+    topics = Topics("edge-agent", device_id)
+    found = configs_of(label_list, cameras, topics)
+    assert len(found) == len(cameras) * (2 * len(set(label_list)) + 1) + 1
+    for topic, config in found.items():
+        assert HA_TOPIC.match(topic), topic
+        assert config["state_topic"].startswith(f"edge-agent/{device_id}/")
+    unique_ids = [c["unique_id"] for c in found.values()]
+    assert len(set(unique_ids)) == len(unique_ids)
+    entity_ids = [c["default_entity_id"] for c in found.values()]
+    assert len(set(entity_ids)) == len(entity_ids)
+    assert all(HA_ENTITY_ID.match(e) for e in entity_ids), entity_ids
+    detection_topics = {
+        c["state_topic"] for c in found.values() if c["name"].endswith((" detected", " count"))
+    }
+    wanted = {topics.camera_detections(c) for c in cameras} if label_list else set()
+    assert detection_topics == wanted
+
+
+def test_look_alike_cameras_and_camera_label_pairs_get_distinct_ids():
+    found = configs_of(["person"], ["front-door", "front_door", "Front_Door"])
+    assert len(found) == 3 * 3 + 1
+    names = {c["name"] for c in found.values()}
+    assert {"front-door person detected", "Front_Door inference fps"} <= names
+    # camera "a" with label "b_c" and camera "a_b" with label "c" would slug alike
+    found = configs_of(["b_c", "c"], ["a", "a_b"])
+    assert len(found) == 2 * (2 * 2 + 1) + 1
+    counts = ("a b_c count", "a_b c count")
+    topics = {c["state_topic"] for c in found.values() if c["name"] in counts}
+    assert topics == {f"{TOPICS.base}/a/detections", f"{TOPICS.base}/a_b/detections"}
+
+
+def cameras_status(state: str = "online", **cameras: str) -> bytes:
+    return status_message(state, cameras={name: camera(s) for name, s in cameras.items()})
+
+
+def test_per_camera_templates_count_on_that_cameras_payload_and_read_its_fps():
+    entities = by_object(configs_of(["person"], ["driveway", "front-door"]))
+    body = json.loads(detections("person", "car", "person"))
+    payload = json.dumps({**body, "camera": "front-door"}).encode()
+    assert render(entities["front_door_person_count"]["value_template"], payload) == "2"
+    assert render(entities["front_door_person_detected"]["value_template"], payload) == "ON"
+    empty = json.dumps({**json.loads(detections()), "camera": "driveway"}).encode()
+    assert render(entities["driveway_person_detected"]["value_template"], empty) == "OFF"
+    metrics = json.dumps(
+        {
+            "fps": 7.5,
+            "cameras": {
+                "driveway": {"fps": 5.0, "frames": 10, "inferences": 3},
+                "front-door": {"fps": 2.5, "frames": 5, "inferences": 5},
+            },
+        }
+    ).encode()
+    assert render(entities["driveway_fps"]["value_template"], metrics) == "5.0"
+    assert render(entities["front_door_fps"]["value_template"], metrics) == "2.5"
+
+
+def test_each_camera_is_available_while_the_agent_is_online_and_that_camera_connected():
+    entities = by_object(configs_of(["person"], ["driveway", "front-door"]))
+    drive = [entities["driveway_person_detected"], entities["driveway_person_count"]]
+    door = [entities["front_door_person_detected"], entities["front_door_person_count"]]
+    fps = [entities["driveway_fps"], entities["front_door_fps"]]
+    for state in ("starting", "retrying", "ended", "stopped"):
+        status = {TOPICS.status: cameras_status(driveway="connected", **{"front-door": state})}
+        assert all(available(c, status) for c in drive), state
+        assert not any(available(c, status) for c in door), state
+        assert all(available(c, status) for c in fps), state  # the agent is there
+    both = {TOPICS.status: cameras_status(driveway="connected", **{"front-door": "connected"})}
+    assert all(available(c, both) for c in drive + door + fps)
+    for state in ("offline", "stopped"):
+        down = {TOPICS.status: cameras_status(state, driveway="connected")}
+        assert not any(available(c, down) for c in drive + door + fps), state
+    # A status that does not list a camera (or no cameras map at all) does not vouch for it.
+    unlisted = {TOPICS.status: cameras_status(driveway="connected")}
+    assert not any(available(c, unlisted) for c in door)
+    assert not any(available(c, {TOPICS.status: status_message("online")}) for c in drive + door)
+    assert available(fps[0], {TOPICS.status: status_message("online")})
+
+
 # --- end to end -----------------------------------------------------------------------------
 
 
@@ -331,3 +555,52 @@ def test_discovery_labels_default_to_the_models_labels(
     expected = dict(discovery_messages(TOPICS, "homeassistant", ["face"], "face-short-range"))
     got = collect(live, "homeassistant/", len(expected))
     assert set(got) == set(expected)
+
+
+def test_discovery_announces_the_live_configs_cameras_and_again_when_they_change(
+    broker, subscriber, assets
+):
+    slot = ModelSlot(RuntimeSpec(threads=1))
+    slot.serve(Detector.load(assets / "face-short-range.tflite", threads=1), origin="config")
+
+    def cameras(*names: str) -> Config:
+        uri = str(MEDIA / "carphone_pristine.mp4")
+        return Config.model_validate(
+            {
+                "device_id": "cam-ha",
+                "cameras": {name: {"source": {"uri": uri}} for name in names},
+                "homeassistant": {"labels": ["face"]},
+            }
+        )
+
+    live = {"config": cameras("driveway", "door")}
+    sink = subscriber("homeassistant/#")
+    publisher = subscriber("nothing/here").client  # a real client publishing to the broker
+    discovery = Discovery(publisher, TOPICS, slot, lambda: live["config"])
+
+    def expected(names: list[str] | None) -> dict[str, Any]:
+        messages = discovery_messages(TOPICS, "homeassistant", ["face"], "face-short-range", names)
+        return {t: json.loads(p) for t, p in messages}
+
+    discovery.publish()
+    want = expected(["driveway", "door"])
+    got = collect(sink, "homeassistant/", len(want))
+    assert {t: c for t, (c, _) in got.items()} == want
+    assert "homeassistant/binary_sensor/edge_agent_cam-ha/door_face_detected/config" in want
+    discovery.publish(only_if_changed=True)  # nothing changed
+    assert collect(sink, "homeassistant/", 1, timeout=1.0) == {}
+
+    live["config"] = cameras("driveway", "door", "garden")  # the cameras differ: announce
+    discovery.publish(only_if_changed=True)
+    want = expected(["driveway", "door", "garden"])
+    got = collect(sink, "homeassistant/", len(want))
+    assert {t: c for t, (c, _) in got.items()} == want
+
+    # A lone source: the configs without cameras.
+    live["config"] = Config.model_validate(
+        {"device_id": "cam-ha", "source": {"uri": "x.mp4"}, "homeassistant": {"labels": ["face"]}}
+    )
+    discovery.publish(only_if_changed=True)
+    want = expected(None)
+    got = collect(sink, "homeassistant/", len(want))
+    assert {t: c for t, (c, _) in got.items()} == want

@@ -30,6 +30,14 @@ class Topics:
     def metrics(self) -> str:
         return f"{self.base}/metrics"
 
+    def camera(self, name: str) -> str:
+        """``C = B/<camera>``: the topic base of one camera of a ``cameras:`` config (a lone
+        ``source:`` keeps ``B``)."""
+        return f"{self.base}/{name}"
+
+    def camera_detections(self, name: str) -> str:
+        return f"{self.camera(name)}/detections"
+
     def command(self, name: str) -> str:
         return f"{self.base}/cmd/{name}"
 
