@@ -40,6 +40,7 @@ def test_bench_cameras_reports_every_camera_next_to_a_one_camera_run(assets: Pat
             assert camera["inferences"] > 0 and camera["fps"] > 0, run
             assert camera["decoded"] >= camera["inferences"], run
         assert run["inferences_per_s"] > 0 and run["cpu_percent"] > 0, run
+        assert run["cpu_ms_per_inference"] > 0, run
         assert run["peak_rss_mb"] >= run["rss_mb"] > 0, run
     # The ratios are those of the two runs' own figures.
     assert result["rss_ratio"] == round(two["peak_rss_mb"] / one["peak_rss_mb"], 3)
@@ -48,6 +49,7 @@ def test_bench_cameras_reports_every_camera_next_to_a_one_camera_run(assets: Pat
     lowest = min(c["fps"] for c in two["per_camera"].values())
     assert result["lowest_camera_share"] == round(lowest / (total / 2), 3)
     assert len(result["targets_met"]) == 3
+    assert isinstance(result["one_camera_saturates_model"], bool)
 
 
 def test_bench_cameras_names_a_missing_video_in_one_line(tmp_path: Path, assets: Path) -> None:
