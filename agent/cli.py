@@ -159,6 +159,8 @@ def _spec(spec: object) -> dict[str, object]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from agent.bench import run_bench, run_static_bench
 
+    if args.cameras is not None:
+        return _bench_cameras(args)
     if args.static:
         static = run_static_bench(
             args.model,
@@ -178,6 +180,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
         broker=args.broker,
     )
     _print_result(result, args.json)
+    return 0
+
+
+def _bench_cameras(args: argparse.Namespace) -> int:
+    from agent.bench_cameras import format_report, measure_cameras, run_cameras_bench
+
+    options: dict[str, Any] = {
+        "cameras": args.cameras,
+        "source": args.source,
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "fps": args.fps,
+        "threads": args.threads,
+        "card": args.card,
+    }
+    if args.no_baseline or args.cameras == 1:
+        result = measure_cameras(args.model, **options)
+    else:
+        result = run_cameras_bench(args.model, **options)
+    print(json.dumps(result) if args.json else format_report(result))
     return 0
 
 
@@ -344,7 +366,32 @@ def build_parser() -> argparse.ArgumentParser:
         "and off",
     )
     bench.add_argument(
-        "--seconds", type=float, default=30.0, help="--static: seconds of each run (on, off)"
+        "--cameras",
+        type=int,
+        metavar="N",
+        help="N cameras replaying the source at its own rate into one pipeline on one model "
+        "(no motion gate): per-camera fps, total inferences/s, CPU %% and peak RSS, next to one "
+        "camera; each run in a fresh process",
+    )
+    bench.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="--cameras: only the N-camera run, in this process (no 1-camera run to compare)",
+    )
+    bench.add_argument(
+        "--fps",
+        type=float,
+        default=0.0,
+        help="--cameras: each camera's fps cap (default: 0, the video's own rate)",
+    )
+    bench.add_argument(
+        "--warmup", type=float, default=5.0, help="--cameras: seconds before measuring"
+    )
+    bench.add_argument(
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="--static: seconds of each run (on, off); --cameras: seconds measured",
     )
     bench.add_argument("--json", action="store_true", help="one JSON object")
     bench.set_defaults(func=cmd_bench)
