@@ -111,20 +111,96 @@ CAMERA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 def _check_masks(masks: list[Mask]) -> list[Mask]:
     for i, polygon in enumerate(masks):
-        if len(polygon) < 3:
-            raise ValueError(f"mask {i} has {len(polygon)} points; a polygon needs 3 or more")
-        for x, y in polygon:
-            if not (0 <= x <= 1 and 0 <= y <= 1):
-                raise ValueError(
-                    f"mask {i}: point [{x:g}, {y:g}] is outside the frame "
-                    "(coordinates are fractions, 0 to 1)"
-                )
+        _check_polygon(polygon, f"mask {i}")
     return masks
 
 
+def _check_zone_names(zones: dict[str, Any]) -> dict[str, Any]:
+    for name in zones:
+        if not CAMERA_NAME.fullmatch(name):
+            raise ValueError(
+                f"zone name {name!r} is not topic-safe: use 1 to 64 letters, digits, _ or -"
+            )
+    return zones
+
+
+def _check_polygon(polygon: Mask, what: str) -> Mask:
+    if len(polygon) < 3:
+        raise ValueError(f"{what} has {len(polygon)} points; a polygon needs 3 or more")
+    for x, y in polygon:
+        if not (0 <= x <= 1 and 0 <= y <= 1):
+            raise ValueError(
+                f"{what}: point [{x:g}, {y:g}] is outside the frame "
+                "(coordinates are fractions, 0 to 1)"
+            )
+    return polygon
+
+
+class ZoneConfig(Section):
+    polygon: Mask = Field(description="[x, y] frame fractions, 3 points or more")
+    labels: list[str] = Field(
+        default_factory=list, description="labels counted in the zone; empty = all"
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _a_polygon(cls, polygon: Mask) -> Mask:
+        return _check_polygon(polygon, "the zone's polygon")
+
+
+class ObjectConfig(Section):
+    """False-positive filters and the confirmation rule of one label (Frigate's names)."""
+
+    min_score: float = Field(
+        0.5, ge=0, le=1, description="a detection scoring less is dropped before tracking"
+    )
+    threshold: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="a track becomes an event once the median score of its history reaches this",
+    )
+    min_area: float = Field(
+        0.0, ge=0, le=1, description="smallest box, as a share of the frame; smaller is dropped"
+    )
+    max_area: float = Field(
+        1.0, gt=0, le=1, description="largest box, as a share of the frame; larger is dropped"
+    )
+
+    @model_validator(mode="after")
+    def _areas_in_order(self) -> ObjectConfig:
+        if self.max_area < self.min_area:
+            raise ValueError(
+                f"max_area ({self.max_area:g}) must be at least min_area ({self.min_area:g})"
+            )
+        return self
+
+
+class EventsConfig(Section):
+    """Tracking and events, for every camera."""
+
+    enabled: bool = Field(True, description="track objects and publish events on C/events")
+    max_missed: int = Field(
+        5,
+        ge=1,
+        description="model runs in a row without its object before a track is lost (frames the "
+        "motion gate keeps from the model do not count)",
+    )
+    stationary_s: float = Field(
+        10, gt=0, description="an object that has not moved for this long is stationary"
+    )
+    update_interval_s: float = Field(
+        1.0, ge=0, description="an event's update messages come at most this often"
+    )
+    keep: int = Field(200, ge=1, description="events kept on disk with their snapshots")
+    max_disk_mb: float = Field(
+        100, gt=0, description="bound of the events kept on disk; the oldest go first"
+    )
+
+
 class CameraConfig(Section):
-    """One camera of ``cameras:``: what it reads and its motion gate (zones and object filters
-    come with events)."""
+    """One camera of ``cameras:``: what it reads, its motion gate, its zones and its object
+    filters."""
 
     source: SourceConfig = Field(default_factory=SourceConfig)
     motion: MotionConfig = Field(
@@ -132,13 +208,27 @@ class CameraConfig(Section):
     )
     masks: list[Mask] = Field(
         default_factory=list,
-        description="polygons of [x, y] frame fractions where motion is ignored",
+        description="polygons of [x, y] frame fractions where motion is ignored and objects "
+        "(their box's bottom centre) are dropped",
+    )
+    zones: dict[str, ZoneConfig] = Field(
+        default_factory=dict, description="named polygons; events say which an object entered"
+    )
+    objects: dict[str, ObjectConfig] = Field(
+        default_factory=dict,
+        description="per label: min_score, threshold, min_area, max_area; a label not named "
+        "here gets the defaults",
     )
 
     @field_validator("masks")
     @classmethod
     def _masks_are_polygons(cls, masks: list[Mask]) -> list[Mask]:
         return _check_masks(masks)
+
+    @field_validator("zones")
+    @classmethod
+    def _zone_names(cls, zones: dict[str, ZoneConfig]) -> dict[str, ZoneConfig]:
+        return _check_zone_names(zones)
 
 
 class ModelConfig(Section):
@@ -353,8 +443,16 @@ class Config(Section):
     )
     masks: list[Mask] = Field(
         default_factory=list,
-        description="polygons of [x, y] frame fractions where motion is ignored",
+        description="polygons of [x, y] frame fractions where motion is ignored and objects "
+        "(their box's bottom centre) are dropped",
     )
+    zones: dict[str, ZoneConfig] = Field(
+        default_factory=dict, description="named polygons of the camera; see cameras.NAME.zones"
+    )
+    objects: dict[str, ObjectConfig] = Field(
+        default_factory=dict, description="per label filters of the camera; see cameras.NAME"
+    )
+    events: EventsConfig = Field(default_factory=EventsConfig, description="tracking and events")
     cameras: dict[str, CameraConfig] = Field(
         default_factory=dict,
         description="several cameras by name (topic-safe: letters, digits, _ and -), instead of "
@@ -379,12 +477,23 @@ class Config(Section):
     def _masks_are_polygons(cls, masks: list[Mask]) -> list[Mask]:
         return _check_masks(masks)
 
+    @field_validator("zones")
+    @classmethod
+    def _zone_names(cls, zones: dict[str, ZoneConfig]) -> dict[str, ZoneConfig]:
+        return _check_zone_names(zones)
+
     @model_validator(mode="after")
     def _cameras_or_source(self) -> Config:
         if self.cameras:
             # By value, not by the keys given: a whole config dumped and validated again (a
             # config/set patch) names every key.
-            defaults = {"source": SourceConfig(), "motion": MotionConfig(), "masks": []}
+            defaults = {
+                "source": SourceConfig(),
+                "motion": MotionConfig(),
+                "masks": [],
+                "zones": {},
+                "objects": {},
+            }
             top = [key for key, default in defaults.items() if getattr(self, key) != default]
             if top:
                 raise ValueError(
@@ -403,7 +512,15 @@ class Config(Section):
         """Every camera by name; a lone ``source:`` is the camera ``main``."""
         if self.cameras:
             return dict(self.cameras)
-        return {MAIN_CAMERA: CameraConfig(source=self.source, motion=self.motion, masks=self.masks)}
+        return {
+            MAIN_CAMERA: CameraConfig(
+                source=self.source,
+                motion=self.motion,
+                masks=self.masks,
+                zones=self.zones,
+                objects=self.objects,
+            )
+        }
 
     @property
     def outbox_path(self) -> Path:
