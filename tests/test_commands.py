@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -662,7 +662,7 @@ class FakeAgent:
 
         class OneCamera:
             single = True
-            names = ["main"]
+            names: ClassVar[list[str]] = ["main"]
 
         # No registry: model/update and model/rollback are refused before reaching anything.
         self.targets = CommandTargets(
