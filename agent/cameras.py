@@ -21,15 +21,18 @@ from agent.sources.base import StatusCallback
 
 @dataclass
 class OnChange:
-    """``publish.mode: on_change``: a camera's result is published when the labels or their
-    counts change, or after ``heartbeat_s`` without a message."""
+    """``publish.detections``: with ``on_change`` a camera's result is published when the labels
+    or their counts change, or after ``heartbeat_s`` without a message; ``every_frame`` always;
+    ``off`` never."""
 
     signature: tuple[tuple[str, int], ...] | None = None
     last: float = 0.0
 
     def due(self, result: Result, publish: PublishConfig) -> bool:
         now = time.monotonic()
-        if publish.mode == "every_frame":
+        if publish.detections == "off":
+            return False
+        if publish.detections == "every_frame":
             self.last = now
             return True
         signature = tuple(sorted(Counter(d.label for d in result.detections).items()))

@@ -72,7 +72,10 @@ class MotionPatch(BaseModel):
 
 class PublishPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["every_frame", "on_change"] | None = None
+    detections: Literal["every_frame", "on_change", "off"] | None = None
+    mode: Literal["every_frame", "on_change"] | None = Field(
+        None, description="the former name of detections"
+    )
     heartbeat_s: float | None = Field(None, gt=0)
     metrics_interval_s: float | None = Field(None, gt=0)
 
@@ -93,6 +96,8 @@ class ConfigSetCommand(_Command):
             value = getattr(self, section)
             if value is not None:
                 fields = value.model_dump(exclude_unset=True)
+                if section == "publish" and "mode" in fields:
+                    fields.setdefault("detections", fields.pop("mode"))
                 if fields:
                     out[section] = fields
         return out

@@ -317,11 +317,25 @@ class StoreConfig(Section):
 
 
 class PublishConfig(Section):
-    mode: Literal["every_frame", "on_change"] = Field(
-        "every_frame",
-        description="every_frame: one message per processed frame; on_change: when the labels "
-        "or their counts change, plus a heartbeat",
+    detections: Literal["every_frame", "on_change", "off"] = Field(
+        "on_change",
+        description="the per-frame C/detections stream: every_frame, one message per model run; "
+        "on_change, when the labels or their counts change, plus a heartbeat; off, none (events "
+        "carry what matters)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_is_detections(cls, data: Any) -> Any:
+        # ``mode`` was this key's name before events came (0.x configs and overlays).
+        if isinstance(data, dict) and "mode" in data:
+            data = dict(data)
+            mode = data.pop("mode")
+            data.setdefault("detections", mode)
+        if isinstance(data, dict) and data.get("detections") is False:
+            data = {**data, "detections": "off"}  # YAML 1.1 reads a bare off as false
+        return data
+
     heartbeat_s: float = Field(60, gt=0, description="on_change: publish at least this often")
     metrics_interval_s: float = Field(30, gt=0, description="period of B/metrics")
     snapshot_max_bytes: int = Field(

@@ -240,6 +240,11 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
     def write(data: dict[str, Any], name: str = "config.yaml") -> Path:
         # Each test keeps its outbox and overlay to itself.
         data = {"store": {"path": str(tmp_path / "state")}, **data}
+        # Tests count detection messages: one per model run unless a test says otherwise (the
+        # daemon's default, on_change, is tested where it matters).
+        publish = data.get("publish", {})
+        if "detections" not in publish and "mode" not in publish:
+            data["publish"] = {"detections": "every_frame", **publish}
         path = tmp_path / name
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path

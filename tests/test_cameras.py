@@ -296,3 +296,32 @@ def test_a_lone_source_publishes_the_topics_and_keys_it_always_did(
     assert reply["ok"] and reply["result"]["topic"] == f"{PREFIX}/solo/snapshot", reply
     reply = snapshot_dev.request("snapshot", {"id": snapshot_dev.new_id("s"), "camera": "x"})
     assert reply["error"] == "no camera 'x'; cameras: main"
+
+
+# --- the per-frame detections stream ---------------------------------------------------------
+
+
+def _result(labels: list[str]) -> Result:
+    import numpy as np
+
+    from agent.detection import Detection, StageTimes
+    from agent.sources import Frame
+
+    frame = Frame(0, time.time(), np.zeros((4, 4, 3), np.uint8), "t", time.monotonic())
+    detections = [Detection(label, 0, 0.9, (0.1, 0.1, 0.2, 0.2)) for label in labels]
+    return Result(frame, detections, StageTimes(), "m", "1", time.time())
+
+
+def test_the_detections_stream_is_on_change_by_default_and_can_be_every_frame_or_off() -> None:
+    from agent.cameras import OnChange
+
+    default = parse_config("").publish
+    assert default.detections == "on_change"
+    assert parse_config("publish: {mode: every_frame}\n").publish.detections == "every_frame"
+    stream = OnChange()
+    sent = [stream.due(_result(labels), default) for labels in (["a"], ["a"], ["a", "b"], [])]
+    assert sent == [True, False, True, True]
+    every = parse_config("publish: {detections: every_frame}\n").publish
+    assert all(OnChange().due(_result(["a"]), every) for _ in range(3))
+    off = parse_config("publish: {detections: off}\n").publish  # YAML's false, meant as "off"
+    assert not any(OnChange().due(_result(labels), off) for labels in (["a"], ["b"]))

@@ -222,7 +222,7 @@ def test_config_set_takes_effect_and_survives_a_restart(device, run_agent):
     assert 2 <= len(slow) <= 9, len(slow)  # ~6 at 3 fps, ~20 at 10 fps
 
     result = dev.config_set(publish={"mode": "on_change", "heartbeat_s": 60})
-    assert result["publish"]["mode"] == "on_change"
+    assert result["publish"]["detections"] == "on_change"  # "mode": its former name
     # Nothing is detected any more (labels: nothing): after the first message, only heartbeats.
     dev.collect(0.3)
     assert len(dev.detections(2.0)) <= 1  # (that first one, when it comes late)
@@ -244,7 +244,7 @@ def test_config_set_takes_effect_and_survives_a_restart(device, run_agent):
     assert live["detection"]["score_threshold"] == threshold
     assert live["detection"]["labels"] == ["nothing"]
     assert live["source"]["fps"] == 3
-    assert live["publish"]["mode"] == "on_change"
+    assert live["publish"]["detections"] == "on_change"
     assert len(dev.detections(1.5)) <= 1  # on_change: at most the one after the config/set
     assert restarted.proc.poll() is None
 
