@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.publish.homeassistant import discovery_messages
@@ -21,8 +22,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.reporting")
 
 
-# (model name, labels, camera names or None for a lone source:)
-_Announced = tuple[str, tuple[str, ...], tuple[str, ...] | None]
+# A camera's zones as announced: (zone, its labels) in order.
+_ZoneLabels = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class _Announced:
+    """What the discovery configs are made of: a change in any of it announces again."""
+
+    model: str
+    labels: tuple[str, ...]
+    cameras: tuple[str, ...] | None  # None: a lone source:
+    events: bool
+    zones: tuple[tuple[str, _ZoneLabels], ...]  # per camera (a lone source's is "main")
 
 
 class _Publish(Protocol):
@@ -102,10 +114,12 @@ class Discovery:
         self.slot = slot
         self._config = config  # the live config: labels can change over MQTT
         self.announced: _Announced | None = None
+        self._configs: set[str] = set()  # the discovery topics announced last
 
     def wanted(self) -> _Announced | None:
-        """(model name, labels, camera names or None for a lone ``source:``) to announce; None
-        when discovery is off or no model serves."""
+        """The model's name, the labels, the cameras (None for a lone ``source:``), whether
+        events are on and each camera's zones, to announce; None when discovery is off or no
+        model serves."""
         c = self._config()
         ha = c.homeassistant
         if ha is None or not ha.enabled or not self.slot.loaded:
@@ -113,24 +127,46 @@ class Discovery:
         info = self.slot.info
         labels: Sequence[str] = ha.labels or c.detection.labels or info.labels
         cameras = None if c.single_camera else tuple(c.camera_configs())
-        return info.name, tuple(labels), cameras
+        zones = tuple(
+            (name, tuple((zone, tuple(z.labels)) for zone, z in camera.zones.items()))
+            for name, camera in c.camera_configs().items()
+        )
+        return _Announced(info.name, tuple(labels), cameras, c.events.enabled, zones)
 
     def publish(self, *, only_if_changed: bool = False) -> None:
         """Publish the retained configs (every connect, Home Assistant's restart), or only when
-        the model's name, the labels or the cameras differ from what was announced last."""
+        the model's name, the labels, the cameras, their zones or whether events are on differ
+        from what was announced last."""
         wanted = self.wanted()
         if wanted is None or (only_if_changed and wanted == self.announced):
             return
         ha = self._config().homeassistant
         assert ha is not None
-        name, labels, cameras = wanted
-        messages = discovery_messages(self.topics, ha.discovery_prefix, labels, name, cameras)
+        messages = discovery_messages(
+            self.topics,
+            ha.discovery_prefix,
+            wanted.labels,
+            wanted.model,
+            wanted.cameras,
+            events=wanted.events,
+            zones={camera: dict(zones) for camera, zones in wanted.zones},
+        )
         for topic, payload in messages:
             self.publisher.publish(topic, payload, qos=1, retain=True)
+        # An entity announced before and not now (a zone or camera removed, events turned off):
+        # an empty retained config makes Home Assistant delete it and the broker forget it.
+        gone = self._configs - {topic for topic, _ in messages}
+        for topic in sorted(gone):
+            self.publisher.publish(topic, b"", qos=1, retain=True)
+        self._configs = {topic for topic, _ in messages}
         self.announced = wanted
+        zones = sum(len(z) for _, z in wanted.zones)
         log.info(
-            "Home Assistant discovery published for %s%s (model %s)",
-            ", ".join(labels),
-            f" on cameras {', '.join(cameras)}" if cameras is not None else "",
-            name,
+            "Home Assistant discovery published for %s%s%s (model %s, %s)%s",
+            ", ".join(wanted.labels),
+            f" on cameras {', '.join(wanted.cameras)}" if wanted.cameras is not None else "",
+            f", {zones} zone{'s' * (zones != 1)}" if wanted.events and zones else "",
+            wanted.model,
+            "from events" if wanted.events else "from detections",
+            f"; {len(gone)} entities removed" if gone else "",
         )

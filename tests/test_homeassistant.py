@@ -1,9 +1,12 @@
 """Home Assistant MQTT discovery: the configs hold what HA requires, their topics match HA's
-discovery pattern, ids are unique, the templates render on real payloads; end to end, retained
-configs at connect and again when Home Assistant announces itself online."""
+discovery pattern, ids are unique, the templates render on real payloads (the retained counts of
+events, or the per-frame detections with events off), zones and snapshot images; end to end,
+retained configs at connect and again when Home Assistant announces itself online or the
+cameras, zones or events change."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
@@ -38,14 +41,42 @@ COMMON = {"name", "state_topic", "unique_id", "device", "value_template", "defau
 REQUIRED = {
     "binary_sensor": COMMON | {"payload_on", "payload_off", "availability"},
     "sensor": COMMON,
+    # homeassistant/components/mqtt/image.py: image_topic (raw bytes) with its content_type
+    "image": {"name", "image_topic", "content_type", "unique_id", "device", "default_entity_id"},
 }
+
+
+def read_topic(config: dict[str, Any]) -> str:
+    """The topic an entity shows: an image's ``image_topic``, the others' ``state_topic``."""
+    return config["image_topic"] if "image_topic" in config else config["state_topic"]
+
+
+def valid_subscribe_topic(topic: str) -> bool:
+    """homeassistant/components/mqtt/util.py valid_topic and valid_subscribe_topic."""
+    raw = topic.encode("utf-8")
+    if not raw or len(raw) > 65535:
+        return False
+    for char in topic:
+        if char <= "\u001f" or "\u007f" <= char <= "\u009f":
+            return False
+        if "\ufdd0" <= char <= "\ufdef" or (ord(char) & 0xFFFF) in (0xFFFE, 0xFFFF):
+            return False
+    levels = topic.split("/")
+    if any("+" in level and level != "+" for level in levels):
+        return False
+    return "#" not in topic or (topic.count("#") == 1 and levels[-1] == "#")
+
 
 TOPICS = Topics("edge-agent", "cam-ha")
 
 
-def configs(labels: list[str], topics: Topics = TOPICS) -> dict[str, dict[str, Any]]:
+def configs(
+    labels: list[str], topics: Topics = TOPICS, **options: Any
+) -> dict[str, dict[str, Any]]:
     out = {}
-    for topic, payload in discovery_messages(topics, "homeassistant", labels, "face-short-range"):
+    for topic, payload in discovery_messages(
+        topics, "homeassistant", labels, "face-short-range", **options
+    ):
         assert topic not in out, f"two configs on {topic}"
         out[topic] = json.loads(payload)
     return out
@@ -57,7 +88,7 @@ def by_object(found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_discovery_configs_hold_what_home_assistant_requires():
     found = configs(["person", "car"])
-    assert len(found) == 2 * 2 + 2  # binary + count sensor per label, fps, status
+    assert len(found) == 3 * 2 + 2  # binary, count sensor and snapshot per label, fps, status
     components = set()
     for topic, config in found.items():
         m = HA_TOPIC.match(topic)
@@ -69,11 +100,11 @@ def test_discovery_configs_hold_what_home_assistant_requires():
         device = config["device"]
         assert device["identifiers"] and all(isinstance(i, str) for i in device["identifiers"])
         assert device["name"] and device["manufacturer"] and device["sw_version"]
-        assert config["state_topic"].startswith(f"{TOPICS.base}/")
+        assert read_topic(config).startswith(f"{TOPICS.base}/")
         for entry in config.get("availability", []):
             assert entry["topic"] == TOPICS.status
             assert entry["value_template"]
-    assert components == {"binary_sensor", "sensor"}
+    assert components == {"binary_sensor", "sensor", "image"}
     unique_ids = [c["unique_id"] for c in found.values()]
     assert len(set(unique_ids)) == len(unique_ids)
     # object_id is deprecated since HA 2025.10 and ignored from 2026.4: default_entity_id, as
@@ -91,8 +122,9 @@ def test_discovery_configs_hold_what_home_assistant_requires():
     entities = by_object(found)
     person = entities["person_detected"]
     assert (person["payload_on"], person["payload_off"]) == ("ON", "OFF")
-    assert person["state_topic"] == TOPICS.detections
-    assert entities["car_count"]["state_topic"] == TOPICS.detections
+    assert person["state_topic"] == "edge-agent/cam-ha/objects/person"
+    assert entities["car_count"]["state_topic"] == "edge-agent/cam-ha/objects/car"
+    assert entities["car_snapshot"]["image_topic"] == "edge-agent/cam-ha/objects/car/snapshot"
     assert entities["fps"]["state_topic"] == TOPICS.metrics
     assert entities["status"]["state_topic"] == TOPICS.status
     assert "availability" not in entities["status"]  # it shows "offline" itself
@@ -117,18 +149,18 @@ def test_topics_match_home_assistants_pattern_and_ids_are_unique(
     found = configs(label_list, Topics("edge-agent", device_id))
     for topic, config in found.items():
         assert HA_TOPIC.match(topic), topic
-        assert config["state_topic"].startswith(f"edge-agent/{device_id}/")
+        assert read_topic(config).startswith(f"edge-agent/{device_id}/")
     unique_ids = [c["unique_id"] for c in found.values()]
     assert len(set(unique_ids)) == len(unique_ids)
     entity_ids = [c["default_entity_id"] for c in found.values()]
     assert len(set(entity_ids)) == len(entity_ids)
     assert all(HA_ENTITY_ID.match(e) for e in entity_ids), entity_ids
-    assert len(found) == 2 * len(set(label_list)) + 2
+    assert len(found) == 3 * len(set(label_list)) + 2
 
 
 def test_look_alike_labels_and_device_ids_get_distinct_topics():
     found = configs(["person", "Person", "traffic light", "traffic_light", "person"])
-    assert len(found) == 2 * 4 + 2
+    assert len(found) == 3 * 4 + 2
     a = {HA_TOPIC.match(t)["node_id"] for t in configs(["x"], Topics("p", "cam.1"))}  # type: ignore[index]
     b = {HA_TOPIC.match(t)["node_id"] for t in configs(["x"], Topics("p", "cam_1"))}  # type: ignore[index]
     assert a.isdisjoint(b)
@@ -140,9 +172,15 @@ def test_look_alike_labels_and_device_ids_get_distinct_topics():
 
 
 def render(template: str, payload: bytes) -> str:
-    sandbox = pytest.importorskip("jinja2.sandbox")  # Home Assistant renders in its sandbox
+    """As Home Assistant renders a value template (mqtt/models.py,
+    async_render_with_possible_json_value): ``value`` the payload as text, ``value_json`` too
+    where it parses as JSON; in its sandbox."""
+    sandbox = pytest.importorskip("jinja2.sandbox")
     env = sandbox.ImmutableSandboxedEnvironment()
-    return env.from_string(template).render(value_json=json.loads(payload)).strip()
+    variables: dict[str, Any] = {"value": payload.decode()}
+    with contextlib.suppress(ValueError):
+        variables["value_json"] = json.loads(payload)
+    return env.from_string(template).render(**variables).strip()
 
 
 def detections(*labels: str) -> bytes:
@@ -153,8 +191,27 @@ def detections(*labels: str) -> bytes:
     return detections_message(7, 42, 640, 480, time.time(), ("m", "1"), (5.0, 9.0), objects)
 
 
-def test_value_templates_count_and_switch_on_real_detection_payloads():
-    entities = by_object(configs(["person", "car"]))
+def retained_count(n: int) -> bytes:
+    """``C/objects/<label>`` and ``C/zones/<zone>/<label>``: a plain integer as text."""
+    return str(n).encode()
+
+
+def test_counts_and_occupancy_read_the_retained_integer():
+    entities = by_object(configs(["person", "car"], zones={"main": {"gate": []}}))
+    for name in ("person", "car", "gate_person", "gate_car"):
+        count, binary = entities[f"{name}_count"], entities[f"{name}_detected"]
+        assert count["state_topic"] == binary["state_topic"]
+        for n in (0, 1, 2, 17):
+            assert render(count["value_template"], retained_count(n)) == str(n)
+            on = render(binary["value_template"], retained_count(n))
+            assert on == ("ON" if n else "OFF"), (name, n)
+    assert entities["gate_car_count"]["state_topic"] == "edge-agent/cam-ha/zones/gate/car"
+    # A per-frame detections payload is no longer what they read.
+    assert entities["person_count"]["state_topic"] != TOPICS.detections
+
+
+def test_events_disabled_count_the_per_frame_detections_as_before():
+    entities = by_object(configs(["person", "car"], events=False))
     cases = [
         ((), {"person": 0, "car": 0}),
         (("person",), {"person": 1, "car": 0}),
@@ -168,18 +225,42 @@ def test_value_templates_count_and_switch_on_real_detection_payloads():
             assert on == ("ON" if n else "OFF")
     metrics = json.dumps({"fps": 9.5, "latency_ms_p50": 3.0}).encode()
     assert render(entities["fps"]["value_template"], metrics) == "9.5"
+    assert entities["person_count"]["state_topic"] == TOPICS.detections
+    # Without events there are no snapshots and no zone counts to show.
+    with_zones = by_object(configs(["person", "car"], events=False, zones={"main": {"gate": []}}))
+    assert set(with_zones) == {
+        "person_detected",
+        "person_count",
+        "car_detected",
+        "car_count",
+        "fps",
+        "status",
+    }
+    cams = configs_of(["person"], ["door"], events=False, zones={"door": {"gate": []}})
+    assert set(by_object(cams)) == {
+        "door_person_detected",
+        "door_person_count",
+        "door_fps",
+        "status",
+    }
+    assert by_object(cams)["door_person_count"]["state_topic"] == f"{TOPICS.base}/door/detections"
 
 
 @settings(max_examples=150, deadline=None, database=None)
 @given(label=labels, others=st.lists(labels, max_size=3), n=st.integers(0, 3))
 def test_templates_count_any_label(label: str, others: list[str], n: int):
-    entity = by_object(configs([label]))
+    entity = by_object(configs([label], events=False))
     count = next(c for o, c in entity.items() if o.endswith("_count"))
     binary = next(c for o, c in entity.items() if o.endswith("_detected"))
     others = [o for o in others if o != label]
     payload = detections(*([label] * n), *others)
     assert render(count["value_template"], payload) == str(n)
     assert render(binary["value_template"], payload) == ("ON" if n else "OFF")
+    events = by_object(configs([label]))
+    count = next(c for o, c in events.items() if o.endswith("_count"))
+    binary = next(c for o, c in events.items() if o.endswith("_detected"))
+    assert render(count["value_template"], retained_count(n)) == str(n)
+    assert render(binary["value_template"], retained_count(n)) == ("ON" if n else "OFF")
 
 
 def available(config: dict[str, Any], retained: dict[str, bytes]) -> bool:
@@ -206,8 +287,15 @@ def camera(state: str) -> dict[str, object]:
 
 
 def test_availability_maps_online_to_online_and_offline_or_stopped_to_offline():
-    entities = by_object(configs(["person"]))
-    for name in ("person_detected", "person_count", "fps"):
+    entities = by_object(configs(["person"], zones={"main": {"gate": []}}))
+    for name in (
+        "person_detected",
+        "person_count",
+        "person_snapshot",
+        "gate_person_detected",
+        "gate_person_count",
+        "fps",
+    ):
         config = entities[name]
         online = status_message("online", model={"name": "m"}, source=camera("connected"))
         assert available(config, {TOPICS.status: online})
@@ -216,11 +304,13 @@ def test_availability_maps_online_to_online_and_offline_or_stopped_to_offline():
 
 
 def test_a_camera_that_is_away_makes_its_entities_unavailable():
-    entities = by_object(configs(["person"]))
+    entities = by_object(configs(["person"], zones={"main": {"gate": []}}))
     for state in ("starting", "retrying", "ended", "stopped"):
         away = {TOPICS.status: status_message("online", source=camera(state))}
-        assert not available(entities["person_detected"], away), state
-        assert not available(entities["person_count"], away), state
+        for name in ("person", "gate_person"):
+            assert not available(entities[f"{name}_detected"], away), state
+            assert not available(entities[f"{name}_count"], away), state
+        assert not available(entities["person_snapshot"], away), state
         # The agent is there and says it processes nothing: its fps stays on show.
         assert available(entities["fps"], away), state
     # A status without a camera (a split tail) is the agent's state alone.
@@ -239,17 +329,56 @@ DEVICE = {
 }
 
 
-def test_a_lone_source_keeps_its_discovery_configs_byte_for_byte():
-    messages = discovery_messages(TOPICS, "homeassistant", ["person"], "face-short-range")
-    assert messages == discovery_messages(
-        TOPICS, "homeassistant", ["person"], "face-short-range", cameras=None
+LONE_AVAILABILITY = {
+    "availability": [
+        {
+            "topic": "edge-agent/cam-ha/status",
+            "value_template": "{{ 'online' if value_json.state == 'online' and "
+            "(value_json.source is not defined or value_json.source.state == 'connected') "
+            "else 'offline' }}",
+            **AVAILABLE,
+        }
+    ],
+    "availability_mode": "all",
+}
+FPS = {
+    "name": "inference fps",
+    "state_topic": "edge-agent/cam-ha/metrics",
+    "value_template": "{{ value_json.fps }}",
+    "unit_of_measurement": "fps",
+    "state_class": "measurement",
+    "entity_category": "diagnostic",
+    "availability": [
+        {
+            "topic": "edge-agent/cam-ha/status",
+            "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}",
+            **AVAILABLE,
+        }
+    ],
+    "availability_mode": "all",
+    "unique_id": "edge_agent_cam-ha_fps",
+    "default_entity_id": "sensor.edge_agent_cam_ha_fps",
+    "device": DEVICE,
+}
+NODE = "homeassistant/{}/edge_agent_cam-ha/{}/config"
+
+
+def compact(config: dict[str, Any]) -> bytes:
+    return json.dumps(config, separators=(",", ":")).encode()
+
+
+def test_events_disabled_a_lone_source_keeps_its_discovery_configs_byte_for_byte():
+    messages = discovery_messages(
+        TOPICS, "homeassistant", ["person"], "face-short-range", events=False
     )
-    node = "homeassistant/{}/edge_agent_cam-ha/{}/config"
+    assert messages == discovery_messages(
+        TOPICS, "homeassistant", ["person"], "face-short-range", cameras=None, events=False
+    )
     assert [t for t, _ in messages] == [
-        node.format("binary_sensor", "person_detected"),
-        node.format("sensor", "person_count"),
-        node.format("sensor", "fps"),
-        node.format("sensor", "status"),
+        NODE.format("binary_sensor", "person_detected"),
+        NODE.format("sensor", "person_count"),
+        NODE.format("sensor", "fps"),
+        NODE.format("sensor", "status"),
     ]
     binary = {
         "name": "person detected",
@@ -259,57 +388,97 @@ def test_a_lone_source_keeps_its_discovery_configs_byte_for_byte():
         "payload_on": "ON",
         "payload_off": "OFF",
         "device_class": "occupancy",
-        "availability": [
-            {
-                "topic": "edge-agent/cam-ha/status",
-                "value_template": "{{ 'online' if value_json.state == 'online' and "
-                "(value_json.source is not defined or value_json.source.state == 'connected') "
-                "else 'offline' }}",
-                **AVAILABLE,
-            }
-        ],
-        "availability_mode": "all",
+        **LONE_AVAILABILITY,
         "unique_id": "edge_agent_cam-ha_person_detected",
         "default_entity_id": "binary_sensor.edge_agent_cam_ha_person_detected",
         "device": DEVICE,
     }
-    fps = {
-        "name": "inference fps",
-        "state_topic": "edge-agent/cam-ha/metrics",
-        "value_template": "{{ value_json.fps }}",
-        "unit_of_measurement": "fps",
-        "state_class": "measurement",
-        "entity_category": "diagnostic",
-        "availability": [
-            {
-                "topic": "edge-agent/cam-ha/status",
-                "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}",
-                **AVAILABLE,
-            }
-        ],
-        "availability_mode": "all",
-        "unique_id": "edge_agent_cam-ha_fps",
-        "default_entity_id": "sensor.edge_agent_cam_ha_fps",
-        "device": DEVICE,
-    }
-    compact = {"separators": (",", ":")}
-    assert messages[0][1] == json.dumps(binary, **compact).encode()  # type: ignore[arg-type]
-    assert messages[2][1] == json.dumps(fps, **compact).encode()  # type: ignore[arg-type]
+    assert messages[0][1] == compact(binary)
+    assert messages[2][1] == compact(FPS)
     # A camera of a cameras: config that happens to be called "main" has its own topics.
-    main = configs_of(["person"], ["main"])
+    main = configs_of(["person"], ["main"], events=False)
     main_person = by_object(main)["main_person_detected"]
     assert main_person["state_topic"] == f"{TOPICS.base}/main/detections"
+
+
+def test_with_events_a_lone_sources_entities_keep_their_ids_and_read_the_retained_counts():
+    # On purpose, against the configs before events: the binary and count sensors read
+    # B/objects/<label> (state_topic, value_template); their discovery topics, unique_id and
+    # default_entity_id stay, so Home Assistant keeps the entities and their history. New: the
+    # label's snapshot image and the zones' sensors.
+    messages = discovery_messages(
+        TOPICS, "homeassistant", ["person"], "face-short-range", zones={"main": {"gate": []}}
+    )
+    assert [t for t, _ in messages] == [
+        NODE.format("binary_sensor", "person_detected"),
+        NODE.format("sensor", "person_count"),
+        NODE.format("image", "person_snapshot"),
+        NODE.format("binary_sensor", "gate_person_detected"),
+        NODE.format("sensor", "gate_person_count"),
+        NODE.format("sensor", "fps"),
+        NODE.format("sensor", "status"),
+    ]
+    binary = {
+        "name": "person detected",
+        "state_topic": "edge-agent/cam-ha/objects/person",
+        "value_template": "{{ 'ON' if (value | int) > 0 else 'OFF' }}",
+        "payload_on": "ON",
+        "payload_off": "OFF",
+        "device_class": "occupancy",
+        **LONE_AVAILABILITY,
+        "unique_id": "edge_agent_cam-ha_person_detected",
+        "default_entity_id": "binary_sensor.edge_agent_cam_ha_person_detected",
+        "device": DEVICE,
+    }
+    count = {
+        "name": "person count",
+        "state_topic": "edge-agent/cam-ha/objects/person",
+        "value_template": "{{ value | int }}",
+        "state_class": "measurement",
+        "icon": "mdi:counter",
+        **LONE_AVAILABILITY,
+        "unique_id": "edge_agent_cam-ha_person_count",
+        "default_entity_id": "sensor.edge_agent_cam_ha_person_count",
+        "device": DEVICE,
+    }
+    image = {
+        "name": "person snapshot",
+        "image_topic": "edge-agent/cam-ha/objects/person/snapshot",
+        "content_type": "image/jpeg",
+        **LONE_AVAILABILITY,
+        "unique_id": "edge_agent_cam-ha_person_snapshot",
+        "default_entity_id": "image.edge_agent_cam_ha_person_snapshot",
+        "device": DEVICE,
+    }
+    zone = {
+        "name": "gate person detected",
+        "state_topic": "edge-agent/cam-ha/zones/gate/person",
+        "value_template": "{{ 'ON' if (value | int) > 0 else 'OFF' }}",
+        "payload_on": "ON",
+        "payload_off": "OFF",
+        "device_class": "occupancy",
+        **LONE_AVAILABILITY,
+        "unique_id": "edge_agent_cam-ha_gate_person_detected",
+        "default_entity_id": "binary_sensor.edge_agent_cam_ha_gate_person_detected",
+        "device": DEVICE,
+    }
+    assert [p for _, p in messages[:4]] == [compact(c) for c in (binary, count, image, zone)]
+    assert messages[5][1] == compact(FPS)
+    # The default is events on (as in the config), and no zones without a zones argument.
+    assert discovery_messages(TOPICS, "homeassistant", ["person"], "face-short-range") == [
+        m for m in messages if "/gate_" not in m[0]
+    ]
 
 
 # --- several cameras ------------------------------------------------------------------------
 
 
 def configs_of(
-    labels: list[str], cameras: list[str], topics: Topics = TOPICS
+    labels: list[str], cameras: list[str], topics: Topics = TOPICS, **options: Any
 ) -> dict[str, dict[str, Any]]:
     out = {}
     for topic, payload in discovery_messages(
-        topics, "homeassistant", labels, "face-short-range", cameras
+        topics, "homeassistant", labels, "face-short-range", cameras, **options
     ):
         assert topic not in out, f"two configs on {topic}"
         out[topic] = json.loads(payload)
@@ -318,7 +487,7 @@ def configs_of(
 
 def test_per_camera_entities_under_the_one_device():
     found = configs_of(["person", "car"], ["driveway", "door"])
-    assert len(found) == 2 * (2 * 2 + 1) + 1  # per camera: 2 per label and fps; status once
+    assert len(found) == 2 * (3 * 2 + 1) + 1  # per camera: 3 per label and fps; status once
     for topic, config in found.items():
         m = HA_TOPIC.match(topic)
         assert m and m["node_id"] == "edge_agent_cam-ha", topic
@@ -335,7 +504,7 @@ def test_per_camera_entities_under_the_one_device():
             f"{cam}_{label}_{kind}"
             for cam in ("driveway", "door")
             for label in ("person", "car")
-            for kind in ("detected", "count")
+            for kind in ("detected", "count", "snapshot")
         ),
         "driveway_fps",
         "door_fps",
@@ -343,11 +512,16 @@ def test_per_camera_entities_under_the_one_device():
     }
     person = entities["driveway_person_detected"]
     assert person["name"] == "driveway person detected"
-    assert person["state_topic"] == f"{TOPICS.base}/driveway/detections"
+    assert person["state_topic"] == f"{TOPICS.base}/driveway/objects/person"
     assert person["default_entity_id"] == "binary_sensor.edge_agent_cam_ha_driveway_person_detected"
     assert person["device_class"] == "occupancy"
     assert entities["door_car_count"]["name"] == "door car count"
-    assert entities["door_car_count"]["state_topic"] == f"{TOPICS.base}/door/detections"
+    assert entities["door_car_count"]["state_topic"] == f"{TOPICS.base}/door/objects/car"
+    image = entities["door_car_snapshot"]
+    assert image["name"] == "door car snapshot"
+    assert image["image_topic"] == f"{TOPICS.base}/door/objects/car/snapshot"
+    assert image["content_type"] == "image/jpeg"
+    assert image["default_entity_id"] == "image.edge_agent_cam_ha_door_car_snapshot"
     assert entities["door_fps"]["name"] == "door inference fps"
     assert entities["door_fps"]["state_topic"] == TOPICS.metrics
     assert entities["status"]["state_topic"] == TOPICS.status
@@ -370,33 +544,130 @@ def test_per_camera_topics_match_home_assistants_pattern_and_ids_are_unique(
 ):
     topics = Topics("edge-agent", device_id)
     found = configs_of(label_list, cameras, topics)
-    assert len(found) == len(cameras) * (2 * len(set(label_list)) + 1) + 1
+    assert len(found) == len(cameras) * (3 * len(set(label_list)) + 1) + 1
     for topic, config in found.items():
         assert HA_TOPIC.match(topic), topic
-        assert config["state_topic"].startswith(f"edge-agent/{device_id}/")
+        assert read_topic(config).startswith(f"edge-agent/{device_id}/")
     unique_ids = [c["unique_id"] for c in found.values()]
     assert len(set(unique_ids)) == len(unique_ids)
     entity_ids = [c["default_entity_id"] for c in found.values()]
     assert len(set(entity_ids)) == len(entity_ids)
     assert all(HA_ENTITY_ID.match(e) for e in entity_ids), entity_ids
-    detection_topics = {
+    count_topics = {
         c["state_topic"] for c in found.values() if c["name"].endswith((" detected", " count"))
     }
-    wanted = {topics.camera_detections(c) for c in cameras} if label_list else set()
-    assert detection_topics == wanted
+    wanted = {topics.objects(label, c) for c in cameras for label in label_list}
+    assert count_topics == wanted
 
 
 def test_look_alike_cameras_and_camera_label_pairs_get_distinct_ids():
     found = configs_of(["person"], ["front-door", "front_door", "Front_Door"])
-    assert len(found) == 3 * 3 + 1
+    assert len(found) == 3 * 4 + 1
     names = {c["name"] for c in found.values()}
     assert {"front-door person detected", "Front_Door inference fps"} <= names
     # camera "a" with label "b_c" and camera "a_b" with label "c" would slug alike
     found = configs_of(["b_c", "c"], ["a", "a_b"])
-    assert len(found) == 2 * (2 * 2 + 1) + 1
+    assert len(found) == 2 * (3 * 2 + 1) + 1
     counts = ("a b_c count", "a_b c count")
     topics = {c["state_topic"] for c in found.values() if c["name"] in counts}
-    assert topics == {f"{TOPICS.base}/a/detections", f"{TOPICS.base}/a_b/detections"}
+    assert topics == {f"{TOPICS.base}/a/objects/b_c", f"{TOPICS.base}/a_b/objects/c"}
+
+
+def test_zone_entities_per_zone_and_label_with_distinct_ids():
+    zones = {
+        "driveway": {"gate": ["person"], "lawn": [], "Gate": ["dog", "dog"]},
+        "door": {"porch": ["person", "car"]},
+    }
+    found = configs_of(["person", "car"], ["driveway", "door"], zones=zones)
+    # per camera 3 per label and fps; per zone 2 per label (an empty list: every label); status
+    assert len(found) == 2 * (3 * 2 + 1) + 2 * (1 + 2 + 1 + 2) + 1
+    entities = by_object(found)
+    gate = entities["driveway_gate_person_detected"]
+    assert gate["name"] == "driveway gate person detected"
+    assert gate["state_topic"] == f"{TOPICS.base}/driveway/zones/gate/person"
+    assert gate["device_class"] == "occupancy"
+    assert (
+        gate["default_entity_id"] == "binary_sensor.edge_agent_cam_ha_driveway_gate_person_detected"
+    )
+    assert "driveway_gate_car_detected" not in entities  # the gate counts persons only
+    lawn = {o: c for o, c in entities.items() if "_lawn_" in o}
+    assert {c["state_topic"] for c in lawn.values()} == {
+        f"{TOPICS.base}/driveway/zones/lawn/person",
+        f"{TOPICS.base}/driveway/zones/lawn/car",
+    }
+    assert len(lawn) == 4
+    porch = entities["door_porch_car_count"]
+    assert (porch["name"], porch["state_topic"]) == (
+        "door porch car count",
+        f"{TOPICS.base}/door/zones/porch/car",
+    )
+    # "Gate" and "gate" slug alike: the second gets a hash, both are there; a zone's own label
+    # (dog) counts even where it is not one of the watched labels.
+    dogs = [c for c in found.values() if c["name"] == "driveway Gate dog count"]
+    assert len(dogs) == 1 and dogs[0]["state_topic"] == f"{TOPICS.base}/driveway/zones/Gate/dog"
+    for topic, config in found.items():
+        m = HA_TOPIC.match(topic)
+        assert m, topic
+        assert REQUIRED[m["component"]] <= set(config), topic
+    for key in ("unique_id", "default_entity_id"):
+        ids = [c[key] for c in found.values()]
+        assert len(set(ids)) == len(ids), key
+    assert all(HA_ENTITY_ID.match(c["default_entity_id"]) for c in found.values())
+    # A zone whose ids would be a label's: the label's entities keep theirs (their history).
+    clash = by_object(configs_of(["c"], ["a", "a_b"], zones={"a": {"b": ["c"]}}))
+    assert clash["a_b_c_detected"]["state_topic"] == f"{TOPICS.base}/a_b/objects/c"
+    zone = [c for c in clash.values() if c["name"] == "a b c detected"]
+    assert len(zone) == 1 and zone[0]["state_topic"] == f"{TOPICS.base}/a/zones/b/c"
+    lone = by_object(configs(["gate person"], zones={"main": {"gate": ["person"]}}))
+    assert lone["gate_person_detected"]["name"] == "gate person detected"
+    assert lone["gate_person_detected"]["state_topic"] == f"{TOPICS.base}/objects/gate person"
+
+
+def test_snapshot_images_are_mqtt_image_entities_on_the_retained_jpeg():
+    entities = by_object(configs_of(["person"], ["driveway"]))
+    image = entities["driveway_person_snapshot"]
+    # mqtt/image.py: image_topic carries the raw bytes (no image_encoding: not base64),
+    # content_type is what Home Assistant serves them as; url_topic excludes image_topic.
+    assert image["image_topic"] == f"{TOPICS.base}/driveway/objects/person/snapshot"
+    assert image["content_type"] == "image/jpeg"
+    assert not {"url_topic", "image_encoding", "state_topic", "value_template"} & set(image)
+    assert image["availability"] == entities["driveway_person_detected"]["availability"]
+    assert image["default_entity_id"] == "image.edge_agent_cam_ha_driveway_person_snapshot"
+    # Its topic is the snapshot the agent publishes for that label.
+    assert image["image_topic"] == TOPICS.object_snapshot("person", "driveway")
+    assert by_object(configs(["person"]))["person_snapshot"]["image_topic"] == (
+        TOPICS.object_snapshot("person")
+    )
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    label_list=st.lists(labels, min_size=1, max_size=5),
+    zone_labels=st.lists(labels, max_size=3),
+    zone=camera_names,
+)
+def test_any_label_gives_topics_home_assistant_subscribes_to(
+    label_list: list[str], zone_labels: list[str], zone: str
+):
+    # A label may hold "/", "+", "#" or control characters: each stays within its one level.
+    zones = {"driveway": {zone: zone_labels}, "main": {zone: zone_labels}}
+    for found in (
+        configs_of(label_list, ["driveway"], zones=zones),
+        configs(label_list, zones=zones),
+    ):
+        shown = [read_topic(c) for c in found.values()]
+        assert all(valid_subscribe_topic(t) for t in shown), shown
+        for config in found.values():
+            if "/objects/" in read_topic(config):
+                after = read_topic(config).split("/objects/", 1)[1].split("/")
+                assert len(after) == (2 if "image_topic" in config else 1), read_topic(config)
+            if "/zones/" in read_topic(config):
+                assert len(read_topic(config).split("/zones/", 1)[1].split("/")) == 2
+        ids = [c["unique_id"] for c in found.values()]
+        assert len(set(ids)) == len(ids)
+        entity_ids = [c["default_entity_id"] for c in found.values()]
+        assert len(set(entity_ids)) == len(entity_ids)
+        assert all(HA_ENTITY_ID.match(e) for e in entity_ids), entity_ids
 
 
 def cameras_status(state: str = "online", **cameras: str) -> bytes:
@@ -405,12 +676,13 @@ def cameras_status(state: str = "online", **cameras: str) -> bytes:
 
 def test_per_camera_templates_count_on_that_cameras_payload_and_read_its_fps():
     entities = by_object(configs_of(["person"], ["driveway", "front-door"]))
-    body = json.loads(detections("person", "car", "person"))
-    payload = json.dumps({**body, "camera": "front-door"}).encode()
-    assert render(entities["front_door_person_count"]["value_template"], payload) == "2"
-    assert render(entities["front_door_person_detected"]["value_template"], payload) == "ON"
-    empty = json.dumps({**json.loads(detections()), "camera": "driveway"}).encode()
-    assert render(entities["driveway_person_detected"]["value_template"], empty) == "OFF"
+    for name in ("driveway_person", "front_door_person"):
+        assert render(entities[f"{name}_count"]["value_template"], retained_count(2)) == "2"
+        assert render(entities[f"{name}_detected"]["value_template"], retained_count(2)) == "ON"
+        assert render(entities[f"{name}_detected"]["value_template"], retained_count(0)) == "OFF"
+    assert entities["front_door_person_count"]["state_topic"] == (
+        f"{TOPICS.base}/front-door/objects/person"
+    )
     metrics = json.dumps(
         {
             "fps": 7.5,
@@ -424,10 +696,22 @@ def test_per_camera_templates_count_on_that_cameras_payload_and_read_its_fps():
     assert render(entities["front_door_fps"]["value_template"], metrics) == "2.5"
 
 
+def test_events_disabled_per_camera_templates_count_on_that_cameras_detections():
+    entities = by_object(configs_of(["person"], ["driveway", "front-door"], events=False))
+    body = json.loads(detections("person", "car", "person"))
+    payload = json.dumps({**body, "camera": "front-door"}).encode()
+    assert render(entities["front_door_person_count"]["value_template"], payload) == "2"
+    assert render(entities["front_door_person_detected"]["value_template"], payload) == "ON"
+    empty = json.dumps({**json.loads(detections()), "camera": "driveway"}).encode()
+    assert render(entities["driveway_person_detected"]["value_template"], empty) == "OFF"
+
+
 def test_each_camera_is_available_while_the_agent_is_online_and_that_camera_connected():
-    entities = by_object(configs_of(["person"], ["driveway", "front-door"]))
-    drive = [entities["driveway_person_detected"], entities["driveway_person_count"]]
-    door = [entities["front_door_person_detected"], entities["front_door_person_count"]]
+    zones = {"driveway": {"gate": []}, "front-door": {"porch": ["person"]}}
+    entities = by_object(configs_of(["person"], ["driveway", "front-door"], zones=zones))
+    kinds = ("person_detected", "person_count", "person_snapshot")
+    drive = [entities[f"driveway_{k}"] for k in (*kinds, "gate_person_count")]
+    door = [entities[f"front_door_{k}"] for k in (*kinds, "porch_person_detected")]
     fps = [entities["driveway_fps"], entities["front_door_fps"]]
     for state in ("starting", "retrying", "ended", "stopped"):
         status = {TOPICS.status: cameras_status(driveway="connected", **{"front-door": state})}
@@ -459,17 +743,30 @@ def agent_config(port: int, assets: Path, **ha: Any) -> dict[str, Any]:
     }
 
 
-def collect(sub: Subscriber, prefix: str, count: int, timeout: float = 20.0) -> dict[str, Any]:
-    """The next ``count`` configs under ``prefix``: topic -> (payload, retained)."""
+def collect(
+    sub: Subscriber,
+    prefix: str,
+    count: int,
+    timeout: float = 20.0,
+    removed: set[str] | None = None,
+    removals: int = 0,
+) -> dict[str, Any]:
+    """The next ``count`` configs under ``prefix``: topic -> (payload, retained); an empty
+    payload (an entity removed) is one too, (None, retained), unless ``removed`` takes those
+    topics (until it holds ``removals``)."""
     got: dict[str, Any] = {}
     deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
+    while (len(got) < count or len(removed or ()) < removals) and time.monotonic() < deadline:
         try:
             topic, payload, retain = sub.messages.get(timeout=0.1)
         except queue.Empty:
             continue
-        if topic.startswith(prefix) and topic.endswith("/config"):
-            got[topic] = (json.loads(payload), retain)
+        if not (topic.startswith(prefix) and topic.endswith("/config")):
+            continue
+        if not payload and removed is not None:
+            removed.add(topic)
+        else:
+            got[topic] = (json.loads(payload) if payload else None, retain)
     return got
 
 
@@ -526,9 +823,10 @@ def test_entities_are_unavailable_while_the_camera_is_away(
     live = subscriber("homeassistant/#")
     status = subscriber(f"{TOPICS.base}/status")
     run_agent(write_config(config))
-    found = {t: c for t, (c, _) in collect(live, "homeassistant/", 2 + 2).items()}
+    found = {t: c for t, (c, _) in collect(live, "homeassistant/", 3 + 2).items()}
     entities = by_object(found)
     face, count, fps = entities["face_detected"], entities["face_count"], entities["fps"]
+    image = entities["face_snapshot"]
 
     def retained(state: str) -> dict[str, bytes]:
         s = status.wait_for("/status", lambda s: s.get("source", {}).get("state") == state, 30)
@@ -537,9 +835,11 @@ def test_entities_are_unavailable_while_the_camera_is_away(
 
     here = retained("connected")
     assert available(face, here) and available(count, here) and available(fps, here)
+    assert available(image, here)
     cam.unlink()
     away = retained("retrying")
     assert not available(face, away) and not available(count, away)
+    assert not available(image, away)
     assert available(fps, away)  # the agent itself is there
     shutil.copy(MEDIA / "carphone_pristine.mp4", tmp_path / "back.mp4")
     (tmp_path / "back.mp4").replace(cam)
@@ -563,12 +863,16 @@ def test_discovery_announces_the_live_configs_cameras_and_again_when_they_change
     slot = ModelSlot(RuntimeSpec(threads=1))
     slot.serve(Detector.load(assets / "face-short-range.tflite", threads=1), origin="config")
 
-    def cameras(*names: str) -> Config:
+    def cameras(*names: str, zones: dict[str, Any] | None = None, events: bool = True) -> Config:
         uri = str(MEDIA / "carphone_pristine.mp4")
         return Config.model_validate(
             {
                 "device_id": "cam-ha",
-                "cameras": {name: {"source": {"uri": uri}} for name in names},
+                "cameras": {
+                    name: {"source": {"uri": uri}, "zones": (zones or {}).get(name, {})}
+                    for name in names
+                },
+                "events": {"enabled": events},
                 "homeassistant": {"labels": ["face"]},
             }
         )
@@ -578,8 +882,10 @@ def test_discovery_announces_the_live_configs_cameras_and_again_when_they_change
     publisher = subscriber("nothing/here").client  # a real client publishing to the broker
     discovery = Discovery(publisher, TOPICS, slot, lambda: live["config"])
 
-    def expected(names: list[str] | None) -> dict[str, Any]:
-        messages = discovery_messages(TOPICS, "homeassistant", ["face"], "face-short-range", names)
+    def expected(names: list[str] | None, **options: Any) -> dict[str, Any]:
+        messages = discovery_messages(
+            TOPICS, "homeassistant", ["face"], "face-short-range", names, **options
+        )
         return {t: json.loads(p) for t, p in messages}
 
     discovery.publish()
@@ -596,11 +902,52 @@ def test_discovery_announces_the_live_configs_cameras_and_again_when_they_change
     got = collect(sink, "homeassistant/", len(want))
     assert {t: c for t, (c, _) in got.items()} == want
 
-    # A lone source: the configs without cameras.
+    # A zone added (SIGHUP, config/set): its entities are announced.
+    square = [[0.1, 0.1], [0.5, 0.1], [0.5, 0.5]]
+    gate = {"door": {"gate": {"polygon": square}}}
+    live["config"] = cameras("driveway", "door", "garden", zones=gate)
+    discovery.publish(only_if_changed=True)
+    want = expected(["driveway", "door", "garden"], zones={"door": {"gate": []}})
+    assert "homeassistant/sensor/edge_agent_cam-ha/door_gate_face_count/config" in want
+    got = collect(sink, "homeassistant/", len(want))
+    assert {t: c for t, (c, _) in got.items()} == want
+    # The zone's labels changed: announced again, the zone's face entities removed.
+    gate["door"]["gate"]["labels"] = ["person"]
+    live["config"] = cameras("driveway", "door", "garden", zones=gate)
+    discovery.publish(only_if_changed=True)
+    want = expected(["driveway", "door", "garden"], zones={"door": {"gate": ["person"]}})
+    gone: set[str] = set()
+    got = collect(sink, "homeassistant/", len(want), removed=gone, removals=2)
+    assert {t: c for t, (c, _) in got.items()} == want
+    assert gone == {
+        f"homeassistant/{c}/edge_agent_cam-ha/door_gate_face_{k}/config"
+        for c, k in (("binary_sensor", "detected"), ("sensor", "count"))
+    }
+    # Events off: the detections-based sensors; the images and the zones' entities removed
+    # (an empty retained config: Home Assistant deletes the entity).
+    before = set(want)
+    live["config"] = cameras("driveway", "door", "garden", zones=gate, events=False)
+    discovery.publish(only_if_changed=True)
+    want = expected(["driveway", "door", "garden"], events=False)
+    assert not any("/image/" in t or "_gate_" in t for t in want)
+    gone = set()
+    got = collect(sink, "homeassistant/", len(want), removed=gone, removals=len(before - set(want)))
+    assert {t: c for t, (c, _) in got.items()} == want
+    assert gone == before - set(want)
+    assert "homeassistant/sensor/edge_agent_cam-ha/door_gate_person_count/config" in gone
+    assert "homeassistant/image/edge_agent_cam-ha/door_face_snapshot/config" in gone
+    discovery.publish(only_if_changed=True)  # nothing changed
+    assert collect(sink, "homeassistant/", 1, timeout=1.0) == {}
+
+    # A lone source: the configs without cameras; the cameras' entities are removed.
+    before = set(want)
     live["config"] = Config.model_validate(
         {"device_id": "cam-ha", "source": {"uri": "x.mp4"}, "homeassistant": {"labels": ["face"]}}
     )
     discovery.publish(only_if_changed=True)
     want = expected(None)
-    got = collect(sink, "homeassistant/", len(want))
+    gone = set()
+    got = collect(sink, "homeassistant/", len(want), removed=gone, removals=len(before - set(want)))
     assert {t: c for t, (c, _) in got.items()} == want
+    assert gone == before - set(want)
+    assert "homeassistant/sensor/edge_agent_cam-ha/status/config" not in gone

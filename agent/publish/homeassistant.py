@@ -1,17 +1,22 @@
-"""Home Assistant MQTT discovery: retained configs for a binary sensor and a count sensor per
-watched label (per camera and label with ``cameras:``), fps sensors (per camera) and a status
-sensor, all under one device, availability read from the retained ``B/status``: the detection
-entities are available while the agent is online and their camera connected, the fps sensors
-while the agent is online."""
+"""Home Assistant MQTT discovery: retained configs, all under one device, for a binary sensor
+(occupancy) and a count sensor per watched label (per camera and label with ``cameras:``), fps
+sensors (per camera) and a status sensor. With events (the default) the label sensors read the
+retained counts ``C/objects/<label>``, each label has an image entity with the latest event's
+snapshot ``C/objects/<label>/snapshot``, and each zone has the two sensors per label on
+``C/zones/<zone>/<label>``; without events the label sensors count the per-frame detections.
+Availability is read from the retained ``B/status``: the camera entities are available while the
+agent is online and their camera connected, the fps sensors while the agent is online."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from agent import __version__
+from agent.config import MAIN_CAMERA
 from agent.publish.topics import Topics
 
 # HA marks the entities unavailable for anything but "online" (also for our "stopped").
@@ -96,20 +101,32 @@ def _distinct_slugs(names: Sequence[str]) -> dict[str, str]:
 
 _Entity = tuple[str, str, dict[str, object]]  # component, object id, config
 
+#: a camera's zones: zone name -> the labels it counts (empty: every watched label)
+Zones = Mapping[str, Sequence[str]]
 
-def _label_entities(
-    label: str, stem: str, name_prefix: str, state_topic: str, availability: dict[str, object]
+# The retained counts C/objects/<label> and C/zones/<zone>/<label> are a plain integer.
+_RETAINED_COUNT = "{{ value | int }}"
+_RETAINED_OCCUPIED = "{{ 'ON' if (value | int) > 0 else 'OFF' }}"
+
+
+def _occupancy_entities(
+    name: str,
+    stem: str,
+    state_topic: str,
+    count: str,
+    occupied: str,
+    availability: dict[str, object],
 ) -> list[_Entity]:
-    """The occupancy binary sensor and the count sensor of one label on one detections topic."""
-    count = _count_template(label)
+    """The occupancy binary sensor and the count sensor of ``name`` (a label, or a zone and a
+    label) on one state topic, with the templates that read it."""
     return [
         (
             "binary_sensor",
             f"{stem}_detected",
             {
-                "name": f"{name_prefix}{label} detected",
+                "name": f"{name} detected",
                 "state_topic": state_topic,
-                "value_template": f"{{{{ 'ON' if ({count[3:-3]}) > 0 else 'OFF' }}}}",
+                "value_template": occupied,
                 "payload_on": "ON",
                 "payload_off": "OFF",
                 "device_class": "occupancy",
@@ -120,7 +137,7 @@ def _label_entities(
             "sensor",
             f"{stem}_count",
             {
-                "name": f"{name_prefix}{label} count",
+                "name": f"{name} count",
                 "state_topic": state_topic,
                 "value_template": count,
                 "state_class": "measurement",
@@ -129,6 +146,22 @@ def _label_entities(
             },
         ),
     ]
+
+
+def _snapshot_entity(
+    name: str, stem: str, image_topic: str, availability: dict[str, object]
+) -> _Entity:
+    """Home Assistant's MQTT image (mqtt/image.py): the raw JPEG bytes on ``image_topic``."""
+    return (
+        "image",
+        f"{stem}_snapshot",
+        {
+            "name": f"{name} snapshot",
+            "image_topic": image_topic,
+            "content_type": "image/jpeg",
+            **availability,
+        },
+    )
 
 
 def _fps_entity(object_id: str, name: str, state_topic: str, template: str, status: str) -> _Entity:
@@ -148,39 +181,129 @@ def _fps_entity(object_id: str, name: str, state_topic: str, template: str, stat
     )
 
 
-def _one_camera_entities(topics: Topics, labels: dict[str, str]) -> list[_Entity]:
-    """A lone ``source:``: the device's own topics, ids without a camera (as before cameras)."""
-    availability = _availability(CAMERA_ONLINE, topics.status)
+class _Stems:
+    """Object-id stems, each given once: one that is taken already ("a" + "b_c" and "a_b" +
+    "c") gets a hash of what it names."""
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+
+    def take(self, stem: str, *names: str) -> str:
+        while stem in self.taken:
+            stem = f"{stem}_{_short_hash(chr(0).join(names))}"
+        self.taken.add(stem)
+        return stem
+
+
+@dataclass(frozen=True)
+class _Camera:
+    """One camera's part of the entities: ``name`` None for a lone ``source:`` (the device's
+    topics, names and ids without a camera)."""
+
+    name: str | None
+    slug: str
+    zones: Zones
+
+    @property
+    def name_prefix(self) -> str:
+        return "" if self.name is None else f"{self.name} "
+
+    @property
+    def id_prefix(self) -> str:
+        return "" if self.name is None else f"{self.slug}_"
+
+
+def _camera_entities(
+    topics: Topics,
+    labels: dict[str, str],
+    camera: _Camera,
+    stems: dict[str, str],
+    zone_stems: _Stems,
+    events: bool,
+) -> list[_Entity]:
+    """A camera's labels (and zones with events): from the retained counts and snapshots with
+    events, else from the per-frame detections; available while its camera is there."""
+    status = topics.status
+    template = CAMERA_ONLINE if camera.name is None else camera_online(camera.name)
+    availability = _availability(template, status)
     entities: list[_Entity] = []
-    for label, slug in labels.items():
-        entities += _label_entities(label, slug, "", topics.detections, availability)
-    fps = "{{ value_json.fps }}"
-    entities.append(_fps_entity("fps", "inference fps", topics.metrics, fps, topics.status))
+    for label in labels:
+        name = f"{camera.name_prefix}{label}"
+        if events:
+            counted = topics.objects(label, camera.name)
+            entities += _occupancy_entities(
+                name, stems[label], counted, _RETAINED_COUNT, _RETAINED_OCCUPIED, availability
+            )
+            snapshot = topics.object_snapshot(label, camera.name)
+            entities.append(_snapshot_entity(name, stems[label], snapshot, availability))
+        else:
+            detections = (
+                topics.detections if camera.name is None else topics.camera_detections(camera.name)
+            )
+            count = _count_template(label)
+            occupied = f"{{{{ 'ON' if ({count[3:-3]}) > 0 else 'OFF' }}}}"
+            entities += _occupancy_entities(
+                name, stems[label], detections, count, occupied, availability
+            )
+    if not events:
+        return entities
+    for zone, zone_slug in _distinct_slugs(list(camera.zones)).items():
+        for label, label_slug in _distinct_slugs(camera.zones[zone] or list(labels)).items():
+            stem = zone_stems.take(
+                f"{camera.id_prefix}{zone_slug}_{label_slug}", camera.name or "", zone, label
+            )
+            counted = topics.zone_objects(zone, label, camera.name)
+            entities += _occupancy_entities(
+                f"{camera.name_prefix}{zone} {label}",
+                stem,
+                counted,
+                _RETAINED_COUNT,
+                _RETAINED_OCCUPIED,
+                availability,
+            )
     return entities
 
 
-def _per_camera_entities(
-    topics: Topics, labels: dict[str, str], cameras: Sequence[str]
+def _all_entities(
+    topics: Topics,
+    labels: dict[str, str],
+    cameras: Sequence[str] | None,
+    zones: Mapping[str, Zones],
+    events: bool,
 ) -> list[_Entity]:
-    """``cameras:``: per camera its labels on ``B/<camera>/detections`` and its fps, names
-    prefixed by the camera, object ids by its slug."""
+    """Per camera its label (and zone) entities and its fps; a lone ``source:`` is one camera
+    on the device's topics whose ids and names carry no camera."""
+    if cameras is None:
+        parts = [_Camera(None, "", zones.get(MAIN_CAMERA, {}))]
+    else:
+        parts = [_Camera(c, s, zones.get(c, {})) for c, s in _distinct_slugs(cameras).items()]
+    # The labels' stems first, every camera's: a zone's entities never take the id a label's
+    # entities had before zones (Home Assistant keeps an entity's history by its id).
+    stems = _Stems()
+    label_stems = [
+        {
+            label: stems.take(f"{part.id_prefix}{slug}", part.name or "", label)
+            for label, slug in labels.items()
+        }
+        for part in parts
+    ]
     entities: list[_Entity] = []
-    stems: set[str] = set()
-    for camera, camera_slug in _distinct_slugs(cameras).items():
-        availability = _availability(camera_online(camera), topics.status)
-        for label, label_slug in labels.items():
-            stem = f"{camera_slug}_{label_slug}"
-            while stem in stems:  # camera "a" label "b_c" and camera "a_b" label "c"
-                stem = f"{stem}_{_short_hash(camera + chr(0) + label)}"
-            stems.add(stem)
-            detections = topics.camera_detections(camera)
-            entities += _label_entities(label, stem, f"{camera} ", detections, availability)
-        fps = "{{ value_json.cameras[" + json.dumps(camera) + "].fps }}"
-        entities.append(
-            _fps_entity(
-                f"{camera_slug}_fps", f"{camera} inference fps", topics.metrics, fps, topics.status
+    for part, part_stems in zip(parts, label_stems, strict=True):
+        entities += _camera_entities(topics, labels, part, part_stems, stems, events)
+        if part.name is None:
+            fps = "{{ value_json.fps }}"
+            entities.append(_fps_entity("fps", "inference fps", topics.metrics, fps, topics.status))
+        else:
+            fps = "{{ value_json.cameras[" + json.dumps(part.name) + "].fps }}"
+            entities.append(
+                _fps_entity(
+                    f"{part.slug}_fps",
+                    f"{part.name} inference fps",
+                    topics.metrics,
+                    fps,
+                    topics.status,
+                )
             )
-        )
     return entities
 
 
@@ -190,9 +313,14 @@ def discovery_messages(
     labels: Sequence[str],
     model_name: str,
     cameras: Sequence[str] | None = None,
+    *,
+    events: bool = True,
+    zones: Mapping[str, Zones] | None = None,
 ) -> list[tuple[str, bytes]]:
     """(topic, retained payload) for every entity of this device. ``cameras``: the names of a
-    ``cameras:`` config; None for a lone ``source:``."""
+    ``cameras:`` config; None for a lone ``source:``. ``events``: the label entities read the
+    retained counts, with a snapshot image per label and the entities of ``zones`` (per camera
+    name, a lone source's under ``main``); without, they count the per-frame detections."""
     node = topics.device_id
     device = {
         "identifiers": [f"edge-agent-{node}"],
@@ -202,11 +330,7 @@ def discovery_messages(
         "sw_version": __version__,
     }
     label_slugs = _distinct_slugs(labels)
-    entities = (
-        _one_camera_entities(topics, label_slugs)
-        if cameras is None
-        else _per_camera_entities(topics, label_slugs, cameras)
-    )
+    entities = _all_entities(topics, label_slugs, cameras, zones or {}, events)
     entities.append(
         (
             "sensor",
