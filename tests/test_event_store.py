@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -330,6 +332,46 @@ def test_an_absent_store_reads_as_empty_and_is_not_created(tmp_path: Path) -> No
     assert reader.list() == [event(1)]
     reader.close()
     assert not aside(store_file(tmp_path / "state").parent, "events.sqlite")
+
+
+def as_nobody(code: str) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` as the user nobody (who may read, not write, root's files) with this
+    tree's ``agent`` importable: the store module needs only the standard library."""
+    python = Path("/usr/bin/python3")
+    if os.geteuid() != 0 or shutil.which("runuser") is None or not python.is_file():
+        pytest.skip("needs root, runuser and /usr/bin/python3 to read as another user")
+    proc = subprocess.Popen(
+        ["runuser", "-u", "nobody", "--", str(python), "-c",
+         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{code}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_a_user_who_may_not_write_the_store_folder_reads_it_running_or_not() -> None:
+    """WAL wants to create a -shm file beside the database: a reader that may not (the CLI run
+    by another user than the agent's) still reads, while the agent writes and after it stopped."""
+    folder = Path(tempfile.mkdtemp(prefix="events-ro-"))
+    try:
+        folder.chmod(0o755)
+        read = f"from agent.tracking.store import EventReader\nprint(len(EventReader({str(folder)!r}).list()))"
+        store = EventStore(folder)
+        store.record(event(1), jpeg(1))
+        store.record(event(2))
+        running = as_nobody(read)
+        store.close()  # the agent stops: its -wal and -shm are gone
+        assert not Path(f"{store_file(folder)}-wal").exists()
+        stopped = as_nobody(read)
+        assert (running.returncode, running.stdout.strip()) == (0, "2"), running.stderr
+        assert (stopped.returncode, stopped.stdout.strip()) == (0, "2"), stopped.stderr
+    finally:
+        shutil.rmtree(folder)
 
 
 # --- edge-agent events ---

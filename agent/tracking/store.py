@@ -94,6 +94,8 @@ def _check_ours(db: sqlite3.Connection) -> None:
         ).fetchall()
         db.execute("SELECT id, jpeg FROM snapshots LIMIT 0").fetchall()
     except sqlite3.OperationalError as exc:
+        if not str(exc).startswith("no such"):  # a table or column: not ours; else a real error
+            raise
         raise sqlite3.DatabaseError(f"not an events store: {exc}") from exc
 
 
