@@ -1,5 +1,5 @@
 """The ``edge-agent`` command: run the daemon, detect on images, check configs, inspect and
-benchmark models."""
+benchmark models, list the events kept on disk."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from agent.compress.distill_cli import add_distill_command
 from agent.errors import EXIT_FAILURE, EXIT_OK, EdgeAgentError
 from agent.logs import setup_logging
 from agent.split.cli import add_split_commands
+from agent.tracking.cli import add_events_command
 
 log = logging.getLogger("agent")
 
@@ -311,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon (no config: the demo defaults)")
     run.add_argument("-c", "--config", help="config file (YAML) (default: the demo defaults)")
     run.set_defaults(func=cmd_run)
+
+    add_events_command(sub)
 
     det = sub.add_parser("detect", help="run a model on images")
     det.add_argument("model", help="model file (.onnx or .tflite)")
