@@ -356,3 +356,17 @@ def test_pahos_repeated_not_connected_line_is_debug_not_a_warning() -> None:
     )
     assert flt.filter(lost) is True
     assert lost.levelno == logging.WARNING
+
+
+def test_each_topic_counts_its_own_seq_and_a_new_one_goes_on_from_the_highest(
+    tmp_path: Path,
+) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    assert [box.put("a", lambda s: b"") for _ in range(3)] == [1, 2, 3]
+    assert [box.put("b", lambda s: b"") for _ in range(2)] == [4, 5]  # from the highest so far
+    assert box.put("a", lambda s: b"") == 4  # "a" counts on its own: no gap for its subscriber
+    assert box.last_seq == 5 and box.last_seq_of("a") == 4 and box.last_seq_of("c") is None
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite")  # it survives a restart
+    assert again.put("b", lambda s: b"") == 6 and again.put("a", lambda s: b"") == 5
+    again.close()

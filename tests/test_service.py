@@ -153,9 +153,10 @@ def test_sigterm_sends_stopping_flushes_the_outbox_and_says_stopped(
     sub.wait_for("/status", lambda s: s["state"] == "stopped")
     db = sqlite3.connect(tmp_path / "state" / "outbox.sqlite")
     assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
-    last_seq = db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]
+    topic = next(t for t, _, _ in sub.seen if t.endswith("/detections"))
+    last_seq = db.execute("SELECT value FROM meta WHERE key=?", (f"seq:{topic}",)).fetchone()[0]
     db.close()
-    seqs = {json.loads(p)["seq"] for t, p, _ in sub.seen if t.endswith("/detections")}
+    seqs = {json.loads(p)["seq"] for t, p, _ in sub.seen if t == topic}
     assert last_seq in seqs  # the last detection was delivered before "stopped"
 
 

@@ -3,7 +3,8 @@ when the broker acknowledges it, so an outage or a restart loses nothing.
 
 SQLite in WAL mode: one small transaction per message, crash-safe, bounded by ``max_messages``
 (the oldest are dropped and counted when it is full). ``seq`` is assigned in the same transaction
-and kept in the database, so it increases by one per message across restarts.
+and kept in the database, one count per topic, so it increases by one per message of a topic
+across restarts.
 """
 
 from __future__ import annotations
@@ -123,10 +124,7 @@ class Outbox:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    seq = (
-                        int(db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]) + 1
-                    )
-                    db.execute("UPDATE meta SET value=? WHERE key='seq'", (seq,))
+                    seq = self._next_seq(db, topic)
                     db.execute(
                         "INSERT INTO messages (seq, topic, payload, qos, created) "
                         "VALUES (?, ?, ?, ?, ?)",
@@ -266,10 +264,34 @@ class Outbox:
         with self._lock:
             return int(self._db.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()[0])
 
+    @staticmethod
+    def _next_seq(db: sqlite3.Connection, topic: str) -> int:
+        """The next ``seq`` of ``topic`` (each topic counts on its own, so a subscriber to one
+        camera's events sees a gap only where one of them is missing). A topic's first message
+        goes on from the highest ``seq`` given so far: an outbox of a version with one count
+        for all keeps going up."""
+        key = f"seq:{topic}"
+        db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) SELECT ?, value FROM meta WHERE key='seq'",
+            (key,),
+        )
+        db.execute("UPDATE meta SET value=value+1 WHERE key=?", (key,))
+        seq = int(db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+        db.execute("UPDATE meta SET value=MAX(value, ?) WHERE key='seq'", (seq,))
+        return seq
+
     @property
     def last_seq(self) -> int:
+        """The highest ``seq`` given so far, to any topic."""
         with self._lock:
             return int(self._db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0])
+
+    def last_seq_of(self, topic: str) -> int | None:
+        """The last ``seq`` given to ``topic`` (None: none yet)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (f"seq:{topic}",))
+            found = row.fetchone()
+            return int(found[0]) if found else None
 
     def close(self) -> None:
         with self._lock:
