@@ -3,8 +3,9 @@ went, an optimal assignment (``lap``'s Jonker-Volgenant solver) pairs prediction
 and a life cycle (tentative -> confirmed -> lost, stationary) says what the events are.
 
 Chosen by measurement against norfair, roboflow's trackers (SORT, ByteTrack, OC-SORT) and motpy
-(``scripts/track_quality.py``, README "Tracker"): at the 2-5 fps we run, a constant-velocity
-filter with time in seconds and a low IoU gate keep ids best, and the two libraries add 2 MB.
+(``scripts/track_compare.py``, README "Tracker"): at the 2-5 fps we run, a constant-velocity
+filter with time in seconds and a low IoU gate keep ids best, and only ``lap`` is new (2.4 MB,
+numpy its one dependency; the others bring scipy or more).
 
 Rules (Frigate's, where Frigate has one):
 
