@@ -18,7 +18,10 @@ Rules (Frigate's, where Frigate has one):
   to ``ended``). While missed, ``box`` is the filter's prediction (clipped to the frame) and
   ``score`` the last matched score.
 - ``stationary`` once the box centre stayed within ``STILL_SHARE`` of the box's size around where
-  it settled for ``stationary_s`` seconds of capture time; a move beyond that clears it.
+  it settled for ``stationary_s`` seconds of capture time; two matched runs in a row beyond that
+  are a move and clear it.
+- After more than ``MAX_PREDICT_S`` between two runs an object is looked for where it was last
+  seen, not where its speed would have taken it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ MIN_IOU = 0.01
 MAX_PREDICT_S = 1.0
 #: the centre may wander this share of the box's width (x) and height (y) and still count as still
 STILL_SHARE = 0.1
+#: matched runs in a row outside the still area that make a move (one can be the detector's wobble)
 _MOVED_RUNS = 2
 #: how many recent scores the confirmation median looks at (Frigate's history length)
 SCORE_WINDOW = 10
