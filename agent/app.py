@@ -24,6 +24,7 @@ from agent.live_config import LiveConfig
 from agent.overlay import with_overlay
 from agent.pipeline import Pipeline, Result
 from agent.publish import MqttPublisher
+from agent.publish.event_topics import EventPublisher
 from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
 from agent.registry.trial_frames import RecentFrames
@@ -36,6 +37,7 @@ from agent.sources import SourceStatus
 if TYPE_CHECKING:
     from agent.registry.updater import Job, Updater, UpdateState
     from agent.split.head import SplitHead
+    from agent.tracking.store import EventStore
 
 log = logging.getLogger("agent.app")
 
@@ -78,6 +80,22 @@ class Agent:
         self.cameras = Cameras(self.config, self.topics.base, on_status=self._on_source_status)
         self.snapshots = Snapshots(
             self.publisher, self.cameras, lambda: self.config.publish.snapshot_max_bytes
+        )
+        self.event_store: EventStore | None = None
+        if self.config.events.enabled:
+            from agent.tracking.store import EventStore  # the tracking stack, when on
+
+            # Opened before the first status: a damaged store set aside shows in "damaged".
+            self.event_store = EventStore(
+                self.config.store.path,
+                keep=self.config.events.keep,
+                max_bytes=int(self.config.events.max_disk_mb * 2**20),
+            )
+        self.events = EventPublisher(
+            self.publisher,
+            self.topics,
+            self.event_store,
+            lambda: self.config.publish.snapshot_max_bytes,
         )
         self.discovery = Discovery(self.publisher, self.topics, self.slot, lambda: self.config)
         # Real frames for a new model's trial, scaled down; only where updates can come from.
@@ -141,6 +159,12 @@ class Agent:
         if self._recent is not None:
             self._recent.add(result.frame.image)
         camera = self.cameras.get(result.camera)
+        if camera.events is not None:
+            frame_events = camera.events.process(
+                result.detections, result.frame.ts, result.frame.image
+            )
+            if frame_events:
+                self.events.publish(camera.topic_name, frame_events)
         if not camera.on_change.due(result, self.config.publish):
             return
         frame = result.frame
@@ -173,8 +197,7 @@ class Agent:
             self.pipeline.settings = self._settings()
         self.cameras.apply(config)  # fps caps and motion gates (between two frames)
         self._next_metrics = 0.0  # a new metrics period counts from now
-        if "labels" in patch.get("detection", {}):
-            self.discovery.publish(only_if_changed=True)  # HA's entities follow the labels
+        self.discovery.publish(only_if_changed=True)  # HA's entities follow labels and zones
 
     def _on_model_change(self, info: ServingInfo) -> None:
         """The slot serves another model (start, update, rollback; any thread): every reader
@@ -244,6 +267,8 @@ class Agent:
             self.slot.serve(self.slot.load(c.model.path, card=c.model.card), origin="config")
         for note in self.slot.detector.card.assumed:
             log.info("model card assumed: %s", note)
+        if c.events.enabled:
+            self.cameras.start_events(c.events, list(c.detection.labels or self.slot.info.labels))
         self.publisher.subscribe(f"{self.topics.base}/cmd/#")
         self.publisher.subscribe(f"{c.mqtt.topic_prefix}/all/cmd/#")
         if c.homeassistant is not None and c.homeassistant.enabled:
@@ -268,6 +293,18 @@ class Agent:
         self.pipeline.start()
         if self.updater is not None:
             self.updater.start(self.health.register("updater"))
+
+    def _close_events(self) -> None:
+        """Every open event ends (a clean stop), every count goes to 0: queued like any other
+        message, delivered before "stopped" as far as the flush time allows."""
+        now = time.time()
+        for camera in self.cameras:
+            if camera.events is not None:
+                closed = camera.events.close(now)
+                if closed:
+                    self.events.publish(camera.topic_name, closed)
+        if self.event_store is not None:
+            self.event_store.close()
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         if signum is not None:
@@ -353,6 +390,7 @@ class Agent:
             if connected and not was_connected:
                 self.discovery.publish()
                 self._publish_model()
+                self.events.republish()
             was_connected = connected
             try:
                 msg = self.publisher.incoming.get(timeout=0.2)
@@ -386,6 +424,7 @@ class Agent:
         self.cameras.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
+        self._close_events()
         self.publisher.close("stopped", timeout=self.config.service.stop_flush_s)
         self.slot.close()  # the model in service now, whichever that is
         self.notifier.close()

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import CameraConfig, Config, PublishConfig
 from agent.errors import UnknownCameraError
@@ -17,6 +17,10 @@ from agent.pipeline import Result, Stats
 from agent.scheduler import Feed
 from agent.sources import FrameSource, open_source
 from agent.sources.base import StatusCallback
+
+if TYPE_CHECKING:
+    from agent.config import EventsConfig
+    from agent.tracking.camera_events import CameraEvents
 
 
 @dataclass
@@ -54,7 +58,11 @@ class Camera:
     source: FrameSource
     gate: MotionGate
     feed: Feed
+    #: ``None`` for a lone source (``C = B``), else the name: what the topic helpers take
+    topic_name: str | None = None
     on_change: OnChange = field(default_factory=OnChange)
+    #: filters, tracker and event builder (None: events are off)
+    events: CameraEvents | None = None
 
     @property
     def detections_topic(self) -> str:
@@ -71,6 +79,8 @@ class Camera:
         self.gate.settings = MotionSettings(**config.motion.model_dump())
         self.gate.masks = config.masks
         self.on_change.reset()
+        if self.events is not None:
+            self.events.apply(config)
 
 
 def _open(config: CameraConfig, on_status: StatusCallback | None) -> FrameSource:
@@ -102,7 +112,9 @@ class Cameras:
                 source,
                 gate,
                 Feed(name, source, gate),
+                None if self.single else name,
             )
+        self._configs = config.camera_configs()
 
     @property
     def names(self) -> list[str]:
@@ -122,6 +134,14 @@ class Cameras:
             raise UnknownCameraError(name, self.names)
         return self._cameras[name]
 
+    def start_events(self, events: EventsConfig, labels: list[str]) -> None:
+        """Give each camera its filters, tracker and event builder (``labels``: those that get
+        a count of 0 at once, clearing what a previous run left retained)."""
+        from agent.tracking.camera_events import CameraEvents  # the tracking stack, when on
+
+        for camera in self:
+            camera.events = CameraEvents(camera.name, self._configs[camera.name], events, labels)
+
     def feeds(self) -> list[Feed]:
         return [c.feed for c in self]
 
@@ -135,6 +155,7 @@ class Cameras:
 
     def apply(self, config: Config) -> None:
         configs = config.camera_configs()
+        self._configs.update({n: c for n, c in configs.items() if n in self._configs})
         for camera in self:
             if camera.name in configs:  # a camera added or removed takes a restart
                 camera.apply(configs[camera.name])

@@ -59,14 +59,17 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _draw(image_path: Path, image: Any, detections: Sequence[Any], out_dir: Path) -> Path:
+def _draw(
+    image_path: Path, image: Any, detections: Sequence[Any], out_dir: Path, grid: bool = False
+) -> Path:
     import cv2
 
-    from agent.detection.draw import annotate
+    from agent.detection.draw import annotate, draw_grid
 
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{image_path.stem}.jpg"
-    cv2.imwrite(str(out), annotate(image, detections))
+    drawn = annotate(image, detections)
+    cv2.imwrite(str(out), draw_grid(drawn) if grid else drawn)
     return out
 
 
@@ -106,7 +109,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 box = ", ".join(f"{v:.3f}" for v in d.box)
                 print(f"  {d.label:<14} {d.score:.2f}  [{box}]")
         if args.draw:
-            out = _draw(path, image, detections, Path(args.draw))
+            out = _draw(path, image, detections, Path(args.draw), grid=args.grid)
             if not args.json:
                 print(f"  drawn: {out}")
     return status
@@ -321,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--card", help="model card (default: <model>.card.yaml)")
     det.add_argument("--json", action="store_true", help="one JSON object per image")
     det.add_argument("--draw", metavar="DIR", help="write annotated copies into DIR")
+    det.add_argument(
+        "--grid",
+        action="store_true",
+        help="--draw: with lines every 0.1 of the frame, to read zone and mask coordinates",
+    )
     det.add_argument("--score", type=float, help="score threshold (default: the card's)")
     det.add_argument("--labels", nargs="*", help="labels to keep (default: all)")
     det.add_argument(

@@ -155,10 +155,11 @@ class ObjectConfig(Section):
         0.5, ge=0, le=1, description="a detection scoring less is dropped before tracking"
     )
     threshold: float = Field(
-        0.7,
+        0.6,
         ge=0,
         le=1,
-        description="a track becomes an event once the median score of its history reaches this",
+        description="a track becomes an event once the median score of its recent history "
+        "reaches this",
     )
     min_area: float = Field(
         0.0, ge=0, le=1, description="smallest box, as a share of the frame; smaller is dropped"

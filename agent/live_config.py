@@ -10,19 +10,24 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from agent.config import Config
+from agent.config import CameraConfig, Config
 from agent.overlay import deep_merge, merged, read_overlay, write_overlay
 
 log = logging.getLogger("agent.live_config")
 
 # The sections that change while running (a source only its fps; with ``cameras:`` each
 # camera's fps, motion and masks); anything else takes effect at the next restart.
-LIVE_SECTIONS = ("detection", "source", "motion", "masks", "publish", "cameras")
-RESTART_SECTIONS = ("device_id", "model", "mqtt", "store", "homeassistant", "split")
+LIVE_SECTIONS = ("detection", "source", "motion", "masks", "objects", "publish", "cameras")
+RESTART_SECTIONS = ("device_id", "model", "mqtt", "store", "homeassistant", "split", "events")
 
 
-def _camera_live(source_fps: float, motion: dict[str, Any], masks: Any) -> dict[str, Any]:
-    return {"source": {"fps": source_fps}, "motion": motion, "masks": masks}
+def _camera_live(cam: CameraConfig) -> dict[str, Any]:
+    return {
+        "source": {"fps": cam.source.fps},
+        "motion": cam.motion.model_dump(),
+        "masks": cam.masks,
+        "objects": {label: o.model_dump() for label, o in cam.objects.items()},
+    }
 
 
 def live_settings(c: Config) -> dict[str, Any]:
@@ -32,20 +37,19 @@ def live_settings(c: Config) -> dict[str, Any]:
         "publish": c.publish.model_dump(),
     }
     if c.single_camera:
-        out.update(_camera_live(c.source.fps, c.motion.model_dump(), c.masks))
+        out.update(_camera_live(c.camera_configs()["main"]))
     else:
-        out["cameras"] = {
-            name: _camera_live(cam.source.fps, cam.motion.model_dump(), cam.masks)
-            for name, cam in c.cameras.items()
-        }
+        out["cameras"] = {name: _camera_live(cam) for name, cam in c.cameras.items()}
     return out
 
 
 def _fixed_part(c: Config) -> tuple[object, ...]:
-    """What of the cameras only a restart changes: the names, and all but fps of a source."""
+    """What of the cameras only a restart changes: the names, all but fps of a source, the
+    zones."""
     cameras = c.camera_configs()
     return tuple(
-        (name, cam.source.model_dump(exclude={"fps"})) for name, cam in cameras.items()
+        (name, cam.source.model_dump(exclude={"fps"}), cam.model_dump()["zones"])
+        for name, cam in cameras.items()
     )
 
 # listener(new config, the patch that made it: {section: {key: value}})
@@ -72,6 +76,7 @@ class LiveConfig:
         view = live_settings(self._config)
         for camera in [view, *view.get("cameras", {}).values()]:
             camera.pop("masks", None)  # long polygons; config/set does not change them
+            camera.pop("objects", None)
         return view
 
     def apply(self, patch: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +99,7 @@ class LiveConfig:
             restart_only.append("cameras" if self._config.cameras or fresh.cameras else "source")
         live = live_settings(fresh)
         if fresh.single_camera != self._config.single_camera:
-            for key in ("source", "motion", "masks", "cameras"):  # all of it waits
+            for key in ("source", "motion", "masks", "objects", "cameras"):  # all of it waits
                 live.pop(key, None)
         elif "cameras" in live:  # only the cameras running now; one added waits for the restart
             live["cameras"] = {

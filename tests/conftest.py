@@ -129,6 +129,15 @@ def broker() -> Iterator[LocalBroker]:
         yield b
 
 
+@pytest.fixture
+def durable_broker() -> Iterator[LocalBroker]:
+    """A broker that keeps persistent sessions across its own restarts (outage tests)."""
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed (scripts/test installs it when run as root)")
+    with LocalBroker(persistence=True) as b:
+        yield b
+
+
 class Subscriber:
     """A real MQTT client that records every message it receives, in order."""
 

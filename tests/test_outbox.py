@@ -19,7 +19,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.localbroker import LocalBroker, mosquitto_binary
 from agent.publish.outbox import Outbox
 from tests.conftest import MEDIA, Subscriber
 
@@ -100,14 +99,6 @@ class DurableSubscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@pytest.fixture
-def durable_broker():
-    if mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed")
-    with LocalBroker(persistence=True) as b:
-        yield b
 
 
 def outage_config(port: int, assets: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Boxes and labels drawn on a frame, for `detect --draw` and MQTT snapshots."""
+"""Boxes and labels drawn on a frame, for `detect --draw` and MQTT snapshots, and a grid of
+frame fractions to read zone and mask coordinates from (`detect --draw --grid`)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,20 @@ def jpeg_within(image: np.ndarray, max_bytes: int) -> bytes:
         if min(current.shape[:2]) <= 32:
             raise ValueError(f"cannot fit a JPEG snapshot into {max_bytes} bytes")
         current = cv2.resize(current, None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA)
+
+
+def draw_grid(image: np.ndarray, step: float = 0.1) -> np.ndarray:
+    """A copy of ``image`` with lines every ``step`` of its width and height, labelled with
+    their fraction (the coordinates of zones and masks)."""
+    canvas = image.copy()
+    h, w = canvas.shape[:2]
+    count = round(1 / step)
+    colour, font = (0, 255, 255), cv2.FONT_HERSHEY_SIMPLEX
+    for i in range(1, count):
+        f = i * step
+        x, y = int(f * w), int(f * h)
+        cv2.line(canvas, (x, 0), (x, h - 1), colour, 1)
+        cv2.line(canvas, (0, y), (w - 1, y), colour, 1)
+        cv2.putText(canvas, f"{f:.1f}", (x + 2, 12), font, 0.35, colour, 1)
+        cv2.putText(canvas, f"{f:.1f}", (2, y - 2), font, 0.35, colour, 1)
+    return canvas

@@ -233,8 +233,8 @@ class Tracker:
             score=detection.score,
             first_ts=ts,
             last_ts=ts,
-            scores=[detection.score],
         )
+        obj.scored(detection.score)
         self._confirm(obj)
         track = _Track(obj)
         track.predicted_ts = ts
@@ -244,7 +244,7 @@ class Tracker:
         obj = track.obj
         track.motion.correct(detection.box)
         obj.box, obj.score, obj.last_ts, obj.missed = detection.box, detection.score, ts, 0
-        obj.scores.append(detection.score)
+        obj.scored(detection.score)
         self._confirm(obj)
         obj.stationary = ts - track.still.observe(detection.box, ts) >= self._settings.stationary_s
 

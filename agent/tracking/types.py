@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2, fractions of the frame
+#: scores a track keeps (a long-lived object must not grow without bound); the confirmation
+#: median looks at fewer
+SCORE_HISTORY = 32
 
 
 def anchor(box: Box) -> tuple[float, float]:
@@ -28,8 +31,10 @@ class TrackedObject:
     #: wall-clock times (the capture ``ts`` of its first and latest frame)
     first_ts: float
     last_ts: float
-    #: scores of every matched detection, oldest first
+    #: scores of the latest matched detections (at most ``SCORE_HISTORY``), oldest first
     scores: list[float] = field(default_factory=list)
+    #: the highest score of any matched detection
+    best_score: float = 0.0
     #: the median of ``scores`` reached the label's threshold once (it stays confirmed)
     confirmed: bool = False
     #: model runs in a row without a detection for it
@@ -37,9 +42,15 @@ class TrackedObject:
     #: it has not moved for ``events.stationary_s``
     stationary: bool = False
 
+    def scored(self, score: float) -> None:
+        """A matched detection's score: kept in the bounded history and the best."""
+        self.scores.append(score)
+        del self.scores[:-SCORE_HISTORY]
+        self.best_score = max(self.best_score, score)
+
     @property
     def top_score(self) -> float:
-        return max(self.scores, default=self.score)
+        return max(self.best_score, self.score)
 
 
 @dataclass
