@@ -231,7 +231,7 @@ def test_config_set_takes_effect_and_survives_a_restart(device, run_agent):
     assert overlay == {
         "detection": {"score_threshold": threshold, "labels": ["nothing"]},
         "source": {"fps": 3},
-        "publish": {"mode": "on_change", "heartbeat_s": 60},
+        "publish": {"detections": "on_change", "heartbeat_s": 60},  # saved by its new name
     }
 
     agent.signal(signal.SIGTERM)
@@ -453,6 +453,7 @@ valid_bodies = st.fixed_dictionaries(
             {},
             optional={
                 "mode": st.sampled_from(["every_frame", "on_change"]),
+                "detections": st.sampled_from(["every_frame", "on_change", "off"]),
                 "heartbeat_s": st.floats(0.1, 100),
             },
         ),
@@ -708,7 +709,7 @@ def check_shaped(name: str, body: dict[str, Any]) -> None:
     out = _strict_json(reply)
     assert _is_reply(out), out
     allowed = {"id"} | {
-        "config/set": {"detection", "source", "publish"},
+        "config/set": {"detection", "source", "publish", "motion", "camera"},
         "model/update": {"name", "version", "channel", "allow_downgrade", "replace"},
     }.get(name, set())
     if not set(body) <= allowed:
@@ -720,7 +721,9 @@ def check_shaped(name: str, body: dict[str, Any]) -> None:
         assert name in ("ping", "config/set")
         for section in ("detection", "source", "publish"):
             for key, value in (body.get(section) or {}).items():
-                live = getattr(getattr(agent.config, section), key)
+                # "mode" is the former name of publish.detections
+                attr = "detections" if (section, key) == ("publish", "mode") else key
+                live = getattr(getattr(agent.config, section), attr)
                 assert live == value and type(value) is not bool, (section, key, value)
 
 

@@ -169,6 +169,7 @@ def test_sighup_reloads_a_changed_threshold(
     agent = run_agent(path, env={"NOTIFY_SOCKET": str(notify_socket.path)})
     sub.wait_for("/detections", lambda d: len(d["objects"]) > 0)
     config["detection"] = {"score_threshold": 0.999}
+    config["publish"] = {"detections": "every_frame"}  # as write_config had it
     path.write_text(yaml.safe_dump({"store": yaml.safe_load(path.read_text())["store"], **config}))
     sent = time.monotonic()
     agent.signal(signal.SIGHUP)
