@@ -16,7 +16,9 @@ from agent.detection import Detection
 from agent.tracking.camera_events import CameraEvents
 
 CONFIG = parse_config(
-    "masks: [[[0, 0], [0.3, 0], [0.3, 0.15], [0, 0.15]], [[0.8, 0], [1, 0], [1, 0.3], [0.8, 0.2]]]\n"
+    "masks:\n"
+    "  - [[0, 0], [0.3, 0], [0.3, 0.15], [0, 0.15]]\n"
+    "  - [[0.8, 0], [1, 0], [1, 0.3], [0.8, 0.2]]\n"
     "zones:\n"
     "  gate: {polygon: [[0.1, 0.6], [0.5, 0.6], [0.5, 1.0], [0.1, 1.0]], labels: [person]}\n"
     "  lawn: {polygon: [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]]}\n"
