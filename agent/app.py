@@ -201,8 +201,11 @@ class Agent:
 
     def _on_model_change(self, info: ServingInfo) -> None:
         """The slot serves another model (start, update, rollback; any thread): every reader
-        of the model in service says so at once."""
+        of the model in service says so at once, and the next detections message of each
+        camera names it (on_change)."""
         self.notifier.status(self._status_line())
+        for camera in self.cameras:
+            camera.on_change.reset()
         if not self.publisher.connected.is_set():
             return  # all of it is published on connect
         self.publisher.publish_status("online")
@@ -249,6 +252,7 @@ class Agent:
             "outbox_dropped": self.outbox.dropped,
             "reconnects": self.publisher.reconnects,
             "commands_rejected": self.commands.rejected,
+            "events_sent": self.events.sent,
             "rss_mb": self.usage.rss_mb(),
             "cpu_percent": self.usage.cpu_percent(),
             "uptime_s": self.usage.uptime_s(),
@@ -299,10 +303,15 @@ class Agent:
         message, delivered before "stopped" as far as the flush time allows."""
         now = time.time()
         for camera in self.cameras:
-            if camera.events is not None:
+            if camera.events is None:
+                continue
+            try:
                 closed = camera.events.close(now)
                 if closed:
                     self.events.publish(camera.topic_name, closed)
+            except Exception as exc:  # the stop goes on: status, flush, model, all of it
+                log.warning("camera %s: the end of its open events was not queued: %s",
+                            camera.name, exc)
         if self.event_store is not None:
             self.event_store.close()
 

@@ -103,7 +103,7 @@ def events_config(port: int, assets: Path, **source: Any) -> dict[str, Any]:
         "source": {"uri": str(BIKES), "fps": 5, "loop": False, **source},
         "model": {"path": str(assets / "person-yolov8s.onnx"), "threads": 2},
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 5},
-        "publish": {"detections": "off"},
+        "publish": {"detections": "off", "metrics_interval_s": 1},
         "events": {"max_missed": 3},
     }
 
@@ -148,6 +148,8 @@ def test_person_events_on_bikes_over_mqtt_with_a_snapshot_that_shows_the_box(
     jpegs = [p for t, p, _ in sub.seen if t == f"{PREFIX}/ev/objects/person/snapshot"]
     assert jpegs and all(_decoded(j).shape[1] == 640 for j in jpegs)
     # the events are on disk with their snapshots (for `edge-agent events`): each shows its box
+    metrics = [json.loads(p) for t, p, _ in sub.seen if t == f"{PREFIX}/ev/metrics"]
+    assert metrics and 0 < metrics[-1]["events_sent"] <= len(seqs)  # counted as they are queued
     reader = EventReader(tmp_path / "state")
     kept = reader.entries(limit=100)
     snapshots = {e.event["id"]: reader.snapshot(e.event["id"]) for e in kept}
