@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +34,28 @@ MODELS = ROOT / "models"
 MEDIA = MODELS / "media"
 
 
+def _worker_free_port(index: int, count: int) -> Callable[[], int]:
+    """A free loopback port of this test worker's own residue class: with pytest-xdist, a broker
+    one worker stops for an outage test is never restarted onto a port another worker took."""
+
+    def free_port() -> int:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port % count == index:
+                return port
+
+    return free_port
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... under pytest -n N
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker.startswith("gw") and count > 1:
+        import agent.localbroker
+
+        agent.localbroker.free_port = _worker_free_port(int(worker[2:]), count)
     config.addinivalue_line(
         "markers",
         "expect_thread_errors(reason): the test provokes errors logged by other threads on "
@@ -57,6 +79,19 @@ class _ThreadErrors(logging.Handler):
             if record.exc_info and record.exc_info[1] is not None:
                 text += "\n" + "".join(traceback.format_exception(record.exc_info[1]))
             self.found.append(text)
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_handlers() -> Iterator[None]:
+    """``agent.cli.main`` called in a test sets up logging to the stderr pytest captured for that
+    test; a thread logging after it (a camera stopping) must not write to that closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

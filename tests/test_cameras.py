@@ -10,6 +10,7 @@ import shutil
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,13 @@ def test_a_fast_camera_does_not_starve_a_slow_one(assets: Path, started: list[An
     assert pipeline.stats.inferences == total
 
 
+def _wait(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def test_a_model_swap_serves_every_camera_from_the_next_frame(
     assets: Path, started: list[Any]
 ) -> None:
@@ -160,12 +168,20 @@ def test_a_model_swap_serves_every_camera_from_the_next_frame(
         source.start()
     time.sleep(1.0)
     pipeline.start()
-    time.sleep(4.0)
+
+    def each_has(count: int, model: str) -> bool:
+        with lock:
+            return all(
+                sum(r.camera == n and r.model_name == model for r in results) >= count
+                for n in "abc"
+            )
+
+    _wait(lambda: each_has(4, "person"), 120)  # a usual gap to compare with, however slow
     swapped_at = time.time()
     old = slot.serve(new, origin="test")
     if old is not None:
         old.close()
-    time.sleep(4.0)
+    _wait(lambda: each_has(3, "person-fall"), 120)
     pipeline.stop()
     slot.close()
     with lock:
