@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -35,16 +36,21 @@ MEDIA = MODELS / "media"
 
 
 def _worker_free_port(index: int, count: int) -> Callable[[], int]:
-    """A free loopback port of this test worker's own residue class: with pytest-xdist, a broker
-    one worker stops for an outage test is never restarted onto a port another worker took."""
+    """A free loopback port from this test worker's own range, below the kernel's ephemeral
+    ports: with pytest-xdist, a broker one worker stops for an outage test is never restarted
+    onto a port another worker (or a client socket) took meanwhile."""
+    span = 8000 // count
+    low = 20000 + index * span
 
     def free_port() -> int:
         while True:
+            port = random.randrange(low, low + span)
             with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = int(s.getsockname()[1])
-            if port % count == index:
-                return port
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # in use: another one
+            return port
 
     return free_port
 
