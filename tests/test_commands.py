@@ -721,7 +721,9 @@ def check_shaped(name: str, body: dict[str, Any]) -> None:
         assert name in ("ping", "config/set")
         for section in ("detection", "source", "publish"):
             for key, value in (body.get(section) or {}).items():
-                # "mode" is the former name of publish.detections
+                # "mode" is the former name of publish.detections, which wins when both are given
+                if (section, key) == ("publish", "mode") and "detections" in body[section]:
+                    continue
                 attr = "detections" if (section, key) == ("publish", "mode") else key
                 live = getattr(getattr(agent.config, section), attr)
                 assert live == value and type(value) is not bool, (section, key, value)
