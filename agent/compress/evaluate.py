@@ -23,9 +23,10 @@ import numpy as np
 
 from agent.compress.frames import Frame, frame_names, read_frames, sample_frames, spread
 from agent.compress.rss import measure_rss_mb
-from agent.detection.detector import Detector, DetectorSettings
+from agent.detection.detector import DetectorSettings
 from agent.detection.types import Detection
 from agent.errors import CompressError
+from agent.serving import RuntimeSpec
 
 __all__ = [
     "EVAL_SCORE",
@@ -209,8 +210,10 @@ class _Run:
     card_score: float
 
 
-def _run(candidate: Candidate, frames: Sequence[Frame], threads: int) -> _Run:
-    detector = Detector.load(candidate.path, card=candidate.card, threads=threads)
+def _run(
+    candidate: Candidate, frames: Sequence[Frame], threads: int, spec: RuntimeSpec | None = None
+) -> _Run:
+    detector = (spec or RuntimeSpec(threads=threads)).load(candidate.path, card=candidate.card)
     try:
         settings = DetectorSettings(score_threshold=EVAL_SCORE)
         for frame in frames[:WARMUP_FRAMES]:
@@ -275,11 +278,18 @@ def compare(
     frames: int = 50,
     threads: int = 2,
     exclude: Sequence[str] = (),
+    spec: RuntimeSpec | None = None,
 ) -> list[EvalReport]:
     """Evaluate several models on the same frames. With ``labels``, mAP against them; else, with
     a ``reference``, fidelity: mAP against the reference's detections (its card's threshold) on
     frames evenly spread over ``data``, none of ``exclude`` (e.g. calibration frames). The
-    reference runs once; a candidate that is the reference reuses that run."""
+    reference runs once; a candidate that is the reference reuses that run. ``spec``: the
+    runtime options of the candidates (default: by file suffix, ``threads``); the reference runs
+    on its file's default runtime, so ``--runtime openvino --precision bf16`` against the same
+    file measures what the runtime and precision change."""
+    ref_spec = RuntimeSpec(threads=spec.threads if spec else threads)
+    spec = spec or ref_spec
+    threads = spec.threads
     if frames <= 0:
         raise CompressError(f"--frames must be positive, not {frames}")
     truths: list[list[Detection]] | None = None
@@ -298,21 +308,27 @@ def compare(
     else:
         sample = sample_frames(data, frames, exclude)
         if reference is not None:
-            ref_run = _run(reference, sample, threads)
+            ref_run = _run(reference, sample, threads, ref_spec)
             truths = [_above(p, ref_run.card_score) for p in ref_run.predictions]
             truth_name = f"reference {reference.name or Path(reference.path).stem}"
     reports = []
     for candidate in candidates:
-        if ref_run is not None and reference is not None and _same(candidate, reference):
+        if (
+            ref_run is not None
+            and reference is not None
+            and spec == ref_spec
+            and _same(candidate, reference)
+        ):
             run = ref_run
         else:
-            run = _run(candidate, sample, threads)
+            run = _run(candidate, sample, threads, spec)
         rss = measure_rss_mb(
             Path(candidate.path),
             data,
             [f.name for f in sample[:RSS_FRAMES]],
             candidate.card,
             threads,
+            spec,
         )
         reports.append(_report(candidate, run, truths, truth_name, threads, rss))
     return reports
@@ -331,6 +347,7 @@ def evaluate(
     frames: int = 50,
     threads: int = 2,
     card: Path | None = None,
+    spec: RuntimeSpec | None = None,
 ) -> EvalReport:
     """One model's report; see ``compare``. Fidelity is against ``reference`` (with the card
     beside it) when no ``labels`` are given."""
@@ -342,6 +359,7 @@ def evaluate(
         reference=ref,
         frames=frames,
         threads=threads,
+        spec=spec,
     )[0]
 
 
