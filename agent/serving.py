@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.detection import Detector
-from agent.detection.card import resolve_card
 from agent.detection.detector import file_sha256
-from agent.runtimes import load_runtime
+from agent.runtimes import describe, load_runtime
 
 if TYPE_CHECKING:
     from agent.config import ModelConfig
@@ -93,15 +92,19 @@ class RuntimeSpec:
     ) -> Detector:
         """A detector for ``path`` with these options, warmed up (raises ModelError
         subclasses)."""
-        runtime = self.open(path)
-        try:
-            detector = Detector(runtime, resolve_card(path, runtime, card))
-            if warmup:
-                detector.warmup()
-        except BaseException:
-            runtime.close()
-            raise
-        return detector
+        return Detector.load(
+            path,
+            card=card,
+            threads=self.threads,
+            runtime=self.runtime,
+            providers=self.provider_list,
+            delegate=self.delegate,
+            warmup=warmup,
+            device=self.device,
+            precision=self.precision,
+            hint=self.hint,
+            cache_dir=self.cache_dir,
+        )
 
 
 @dataclass(frozen=True)
@@ -247,12 +250,13 @@ class ModelSlot:
                     self.drain_s,
                 )
         log.info(
-            "serving %s %s (%s) from %s [%s]",
+            "serving %s %s (%s) from %s [%s] on %s",
             info.name,
             info.version,
             info.family,
             info.path,
             origin,
+            describe(detector.runtime),
         )
         for listener in list(self._listeners):
             try:

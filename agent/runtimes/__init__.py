@@ -7,7 +7,15 @@ from pathlib import Path
 from agent.errors import ModelLoadError
 from agent.runtimes.base import Runtime, TensorSpec
 
-__all__ = ["RUNTIMES", "RUNTIME_KINDS", "Runtime", "TensorSpec", "load_runtime", "runtime_kind"]
+__all__ = [
+    "RUNTIMES",
+    "RUNTIME_KINDS",
+    "Runtime",
+    "TensorSpec",
+    "describe",
+    "load_runtime",
+    "runtime_kind",
+]
 
 # suffix -> runtime name; the classes are imported only when asked for, so a device
 # without one backend can still run models of the other.
@@ -25,6 +33,15 @@ def runtime_kind(path: str | Path, runtime: str | None = None) -> str:
             f"{path}: unknown model format {suffix!r}; expected one of {sorted(RUNTIMES)}"
         )
     return RUNTIMES[suffix]
+
+
+def describe(runtime: Runtime) -> str:
+    """Which runtime runs a model, for logs and reports: ``onnx``, ``tflite``, or
+    ``openvino CPU f32`` (the device and the precision it really runs at)."""
+    kind = type(runtime).__module__.rsplit(".", 1)[-1]
+    if kind == "openvino":
+        return f"openvino {getattr(runtime, 'device', '?')} {getattr(runtime, 'precision', '?')}"
+    return kind
 
 
 def load_runtime(

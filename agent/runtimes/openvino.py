@@ -64,12 +64,34 @@ def _static_shape(shape: Any) -> tuple[int, ...]:
     return tuple(d.get_length() if d.is_static and d.get_length() > 0 else 1 for d in shape)
 
 
-def _spec(port: Any) -> TensorSpec:
+def _spec(port: Any, quant: dict[str, tuple[float, int]] | None = None) -> TensorSpec:
     try:
         dtype = np.dtype(port.get_element_type().to_dtype())
     except (RuntimeError, TypeError):
         dtype = np.dtype(np.float32)
-    return TensorSpec(port.get_any_name(), _static_shape(port.get_partial_shape()), dtype)
+    name = port.get_any_name()
+    # OpenVINO's TFLite frontend keeps an integer tensor at the model's edge but not its
+    # quantization: that comes from the file (an integer dtype makes the spec quantized).
+    scale, zero_point = (quant or {}).get(name, (0.0, 0))
+    return TensorSpec(name, _static_shape(port.get_partial_shape()), dtype, scale, zero_point)
+
+
+def _tflite_quantization(path: str) -> dict[str, tuple[float, int]]:
+    """Scale and zero point of a TFLite model's quantized inputs and outputs, by name, as the
+    TFLite interpreter reads them (nothing is allocated or run); empty without an interpreter."""
+    from agent.runtimes.tflite import _interpreter_module
+
+    try:
+        interpreter = _interpreter_module().Interpreter(model_path=path)
+        details = interpreter.get_input_details() + interpreter.get_output_details()
+    except (RuntimeUnavailableError, ValueError, RuntimeError):
+        return {}
+    found = {}
+    for d in details:
+        scale, zero_point = d.get("quantization", (0.0, 0))
+        if scale:
+            found[str(d["name"])] = (float(scale), int(zero_point))
+    return found
 
 
 def cache_folder(root: str | Path, model: str | Path) -> Path:
@@ -138,8 +160,9 @@ class OpenVinoRuntime:
             raise ModelLoadError(f"{path}: OpenVINO cannot load it: {one_line(exc)}") from exc
         self._compiled = compiled
         self._request = compiled.create_infer_request()
-        self.inputs = [_spec(p) for p in compiled.inputs]
-        self.outputs = [_spec(p) for p in compiled.outputs]
+        quant = _tflite_quantization(path) if path.lower().endswith(".tflite") else {}
+        self.inputs = [_spec(p, quant) for p in compiled.inputs]
+        self.outputs = [_spec(p, quant) for p in compiled.outputs]
         self.loaded_from_cache = self._property("LOADED_FROM_CACHE") is True
         precision_now = self._property("INFERENCE_PRECISION_HINT")
         # What the device really runs at (a CPU without bf16 runs f32 whatever was asked).
