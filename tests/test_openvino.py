@@ -148,6 +148,24 @@ def test_an_int8_qdq_model_runs_as_onnxruntime_runs_it(
         assert np.abs(got[:, 4:] - want[:, 4:]).max() < 0.002
 
 
+@needs_openvino
+def test_split_parts_run_on_openvino_when_the_model_does(
+    tiny_int8: tuple[Path, Path, list[np.ndarray]],
+) -> None:
+    """A split head and tail made with the slot's openvino options run on OpenVINO, and the two
+    parts give the whole model's output."""
+    from agent.split.parts import SplitModel
+
+    model, _, tensors = tiny_int8
+    split = SplitModel(model, threads=1, spec=RuntimeSpec(runtime="openvino", threads=1))
+    inner = [c.id for c in split.graph.cuts if c.id not in ("input", "output")]
+    head, tail = split.parts(inner[len(inner) // 2])
+    assert head._openvino is not None and tail._openvino is not None
+    (whole,) = load_runtime(model, runtime="onnx").infer([tensors[0]])
+    out = tail.run(head.run({"images": tensors[0]}))
+    np.testing.assert_allclose(out[split.output_names[0]], whole, atol=1e-3)
+
+
 # ------------------------------------------------------------------------------ real models
 
 

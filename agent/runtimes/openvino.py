@@ -123,7 +123,7 @@ class OpenVinoRuntime:
 
     def __init__(
         self,
-        path: str,
+        path: str | bytes,
         threads: int = 0,
         *,
         device: str = "CPU",
@@ -132,6 +132,9 @@ class OpenVinoRuntime:
         cache_dir: str | Path | None = None,
     ) -> None:
         ov = openvino_module()
+        # An ONNX model in memory (a split part) has no file to name, to cache or to read again.
+        self._source = path
+        path = path if isinstance(path, str) else "<ONNX model in memory>"
         if precision not in PRECISIONS:
             raise ModelLoadError(f"{path}: unknown precision {precision!r}; expected {PRECISIONS}")
         if hint not in HINTS:
@@ -148,14 +151,17 @@ class OpenVinoRuntime:
             )
         config = self._properties(device, threads, precision, hint, available)
         self.cache: Path | None = None
-        if cache_dir is not None:
+        if cache_dir is not None and isinstance(self._source, str):
             self.cache = self._cache_for(Path(cache_dir), path)
             if self.cache is not None:
                 config["CACHE_DIR"] = str(self.cache)
         try:
-            compiled = self._core.compile_model(path, device, config)
+            if isinstance(self._source, str):
+                compiled = self._core.compile_model(path, device, config)
+            else:
+                compiled = self._compile_static(device, config)
             if any(port.get_partial_shape().is_dynamic for port in compiled.inputs):
-                compiled = self._compile_static(path, device, config)
+                compiled = self._compile_static(device, config)
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: OpenVINO cannot load it: {one_line(exc)}") from exc
         self._compiled = compiled
@@ -224,9 +230,11 @@ class OpenVinoRuntime:
             props["INFERENCE_NUM_THREADS"] = threads
         return props
 
-    def _compile_static(self, path: str, device: str, config: dict[str, Any]) -> Any:
-        model = self._core.read_model(path)
-        model.reshape({i.get_any_name(): list(_spec(i).shape) for i in model.inputs})
+    def _compile_static(self, device: str, config: dict[str, Any]) -> Any:
+        """The model read, its dynamic dims set to 1, compiled."""
+        model = self._core.read_model(self._source)
+        if any(i.get_partial_shape().is_dynamic for i in model.inputs):
+            model.reshape({i.get_any_name(): list(_spec(i).shape) for i in model.inputs})
         return self._core.compile_model(model, device, config)
 
     def _property(self, name: str) -> Any:
@@ -242,7 +250,7 @@ class OpenVinoRuntime:
         if self._metadata is None:
             self._metadata = {}
             try:
-                info = self._core.read_model(self.path).get_rt_info()
+                info = self._core.read_model(self._source).get_rt_info()
                 if "framework" in info:
                     framework = info["framework"]
                     items = framework.items() if isinstance(framework, dict) else []

@@ -43,11 +43,10 @@ class TailAgent:
     def __init__(self, config: Config, backlog: int = 4) -> None:
         self.config = config
         c = config.model
-        self.model = SplitModel(c.path, threads=c.threads, providers=c.providers or None)
+        spec = RuntimeSpec.from_config(c, config.store.path)
+        self.model = SplitModel(c.path, threads=c.threads, providers=c.providers or None, spec=spec)
         # The whole model, for heads that send their input (the "input" cut), and its card.
-        self.detector = RuntimeSpec.from_config(c, config.store.path).load(
-            c.path, card=c.card, warmup=False
-        )
+        self.detector = spec.load(c.path, card=c.card, warmup=False)
         self.card = self.detector.card
         self._names = self.model.output_names
         self.health = Heartbeats(stall_s=config.service.stall_s)
