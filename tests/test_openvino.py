@@ -410,6 +410,25 @@ def test_detect_and_bench_take_a_runtime(assets: Path) -> None:
     assert all(r["runtime_fps"] > 0 and r["pipeline_fps"] > 0 for r in rows)
 
 
+@needs_openvino
+def test_model_eval_runs_the_models_on_the_runtime_and_the_reference_on_its_own(
+    assets: Path,
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "model", "eval", str(FACE), "--data",
+         str(MEDIA / "astronaut.png"), "--reference", str(FACE), "--frames", "1",
+         "--runtime", "openvino", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout  # fmt: skip
+    (report,) = [json.loads(line) for line in out.splitlines()]
+    assert report["runtime"] == "openvino CPU f32"
+    assert report["truth"] == "reference face-short-range"  # run by TFLite, its own runtime
+    assert report["map50"] == 1.0  # OpenVINO finds the face TFLite finds
+
+
 def test_device_and_precision_without_openvino_are_refused(assets: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "agent", "detect", str(FACE), str(MEDIA / "astronaut.png"),

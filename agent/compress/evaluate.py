@@ -26,6 +26,7 @@ from agent.compress.rss import measure_rss_mb
 from agent.detection.detector import DetectorSettings
 from agent.detection.types import Detection
 from agent.errors import CompressError
+from agent.runtimes import describe
 from agent.serving import RuntimeSpec
 
 __all__ = [
@@ -66,6 +67,7 @@ class EvalReport:
     frames: int
     threads: int
     detections: int  # objects found on the evaluated frames at the card's score threshold
+    runtime: str = ""  # what ran it: onnx, tflite, "openvino CPU f32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +210,7 @@ class _Run:
     predictions: list[list[Detection]]  # at EVAL_SCORE
     latencies: list[float]
     card_score: float
+    runtime: str = ""
 
 
 def _run(
@@ -223,7 +226,9 @@ def _run(
             dets, times = detector.detect(frame.image, settings)
             predictions.append(dets)
             latencies.append(times.total)
-        return _Run(predictions, latencies, detector.card.thresholds.score)
+        return _Run(
+            predictions, latencies, detector.card.thresholds.score, describe(detector.runtime)
+        )
     finally:
         detector.close()
 
@@ -266,6 +271,7 @@ def _report(
         frames=len(run.predictions),
         threads=threads,
         detections=sum(len(_above(p, run.card_score)) for p in run.predictions),
+        runtime=run.runtime,
     )
 
 
@@ -391,4 +397,7 @@ def markdown_table(reports: Sequence[EvalReport]) -> str:
         )
     truth = {r.truth for r in reports}
     note = f"mAP against: {', '.join(sorted(truth))}; {base.frames} frames, {base.threads} threads"
+    runtimes = sorted({r.runtime for r in reports if r.runtime})
+    if runtimes:
+        note += f"; runtime {', '.join(runtimes)}"
     return "\n".join([*rows, "", note])
