@@ -146,13 +146,13 @@ def runtime_problems(config: Config, *, devices: bool = True) -> list[Problem]:
     device = config.model.device
     if not devices or device == "AUTO":
         return []
-    from agent.runtimes.openvino import openvino_module
+    from agent.runtimes.openvino import device_found, one_line, openvino_module
 
     try:
         available = list(openvino_module().Core().available_devices)
     except RuntimeError as exc:
-        return [(("model", "device"), f"OpenVINO cannot list its devices: {exc}")]
-    if device in available or device.split(".", 1)[0] in available:
+        return [(("model", "device"), f"OpenVINO cannot list its devices: {one_line(exc)}")]
+    if device_found(device, available):
         return []
     return [
         (

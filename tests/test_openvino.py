@@ -300,6 +300,26 @@ def test_a_device_openvino_does_not_find_is_refused_in_one_line(tmp_path: Path) 
     assert f"{config}:2: model.device: OpenVINO finds no NPU here" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("device", "available", "found"),
+    [
+        ("CPU", ["CPU"], True),
+        ("GPU", ["CPU"], False),
+        ("GPU", ["CPU", "GPU"], True),
+        ("GPU", ["CPU", "GPU.0", "GPU.1"], True),  # two GPUs: GPU is the first
+        ("GPU.1", ["CPU", "GPU.0", "GPU.1"], True),
+        ("GPU.0", ["CPU", "GPU"], True),  # a lone GPU is GPU.0
+        ("GPU.1", ["CPU", "GPU"], False),
+        ("NPU", ["CPU", "GPU"], False),
+        ("AUTO", ["CPU"], True),
+    ],
+)
+def test_devices_are_found_by_name_and_index(device: str, available: list[str], found: bool) -> None:
+    from agent.runtimes.openvino import device_found
+
+    assert device_found(device, available) is found
+
+
 @needs_openvino
 def test_a_broken_model_file_is_a_model_load_error_in_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"

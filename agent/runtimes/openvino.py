@@ -48,6 +48,19 @@ def openvino_module() -> Any:
     return openvino
 
 
+def device_found(device: str, available: Sequence[str]) -> bool:
+    """Whether ``device`` (``GPU``, ``GPU.1``, ``AUTO``...) names one of OpenVINO's
+    ``available_devices`` (``CPU``, ``GPU`` for a lone GPU, ``GPU.0`` and ``GPU.1`` for two)."""
+    if device == "AUTO" or device in available:
+        return True
+    family, _, index = device.partition(".")
+    for name in available:
+        other, _, other_index = name.partition(".")
+        if other == family and (not index or (not other_index and index == "0")):
+            return True
+    return False
+
+
 def one_line(exc: BaseException) -> str:
     """OpenVINO's errors carry a stack of 'Exception from FILE:LINE' lines: the message only."""
     lines = [line.strip() for line in str(exc).splitlines()]
@@ -143,8 +156,7 @@ class OpenVinoRuntime:
         self.device = device
         self._core = ov.Core()
         available = list(self._core.available_devices)
-        family = device.split(".", 1)[0]
-        if family != "AUTO" and device not in available and family not in available:
+        if not device_found(device, available):
             raise RuntimeUnavailableError(
                 f"model.device {device}: OpenVINO finds no such device here "
                 f"(available: {', '.join(available) or 'none'})"
@@ -206,9 +218,9 @@ class OpenVinoRuntime:
         if device.startswith("AUTO"):
             # AUTO passes device-specific properties on through DEVICE_PROPERTIES.
             per_device = {
-                name: self._device_properties(name, threads, precision)
+                name: props
                 for name in available
-                if self._device_properties(name, threads, precision)
+                if (props := self._device_properties(name, threads, precision))
             }
             if per_device:
                 config["DEVICE_PROPERTIES"] = per_device
