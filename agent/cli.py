@@ -170,7 +170,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     specs = [spec_from_args(args, kind) for kind in args.runtime]
     if args.cameras is not None:
         if args.runtime != ["auto"]:
-            raise BenchError("bench --cameras: takes no --runtime (the model's own runs)")
+            raise BenchError(
+                "bench --cameras runs the model on its default runtime: drop --runtime"
+            )
         return _bench_cameras(args)
     if args.static:
         if len(specs) > 1:
