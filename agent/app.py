@@ -55,7 +55,7 @@ class Agent:
         self._next_metrics = 0.0
         self._stop = threading.Event()
         # The one owner of the model in service; every load uses the config's runtime options.
-        self.slot = ModelSlot(RuntimeSpec.from_config(self.config.model))
+        self.slot = ModelSlot(RuntimeSpec.from_config(self.config.model, self.config.store.path))
         self.pipeline: Pipeline | None = None
         self.usage = ProcessUsage()
         # A heartbeat per thread; the service loop pings the watchdog only while all are well.

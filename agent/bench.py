@@ -20,6 +20,8 @@ from agent.pipeline import Pipeline, Result
 from agent.publish import MqttPublisher
 from agent.publish.outbox import Outbox
 from agent.publish.payloads import detections_message
+from agent.runtimes import runtime_kind
+from agent.serving import RuntimeSpec
 from agent.sources import open_source
 
 
@@ -114,6 +116,30 @@ def pipeline_fps(
     return len(latencies) / elapsed, latencies
 
 
+# The columns of `edge-agent bench --runtime A,B` (one row per runtime).
+BENCH_COLUMNS = (
+    "runtime",
+    "device",
+    "precision",
+    "load_s",
+    "runtime_fps",
+    "pipeline_fps",
+    "naive_fps",
+    "latency_ms_p50",
+    "rss_mb",
+)
+
+
+def runtime_row(detector: Detector, spec: RuntimeSpec) -> dict[str, object]:
+    """Which runtime ran, and for OpenVINO the device and the precision it really ran at."""
+    rt = detector.runtime
+    row: dict[str, object] = {"runtime": runtime_kind(rt.path, spec.runtime)}
+    if row["runtime"] == "openvino":
+        row["device"] = getattr(rt, "device", spec.device)
+        row["precision"] = getattr(rt, "precision", spec.precision)
+    return row
+
+
 def run_bench(
     model: str | Path,
     *,
@@ -122,9 +148,15 @@ def run_bench(
     threads: int = 2,
     card: str | None = None,
     broker: str | None = None,
+    spec: RuntimeSpec | None = None,
 ) -> dict[str, object]:
+    """``spec``: the runtime options (default: by file suffix, ``threads``)."""
     video = source or str(DEFAULT_VIDEO)
-    detector = Detector.load(model, card=card, threads=threads)
+    spec = spec or RuntimeSpec(threads=threads)
+    t0 = time.perf_counter()
+    detector = spec.load(model, card=card, warmup=False)
+    load_s = time.perf_counter() - t0
+    detector.warmup()
     sample = _read_frames(video, frames)
     if not sample:
         raise SystemExit(f"bench: cannot read frames from {video}")
@@ -135,9 +167,11 @@ def run_bench(
     pipe, latencies = pipeline_fps(detector, video, frames, broker)
     return {
         "model": str(model),
+        **runtime_row(detector, spec),
         "source": video,
         "frames": frames,
-        "threads": threads,
+        "threads": spec.threads,
+        "load_s": round(load_s, 3),
         "runtime_fps": round(rt, 2),
         "pipeline_fps": round(pipe, 2),
         "naive_fps": round(naive, 2),
@@ -227,7 +261,7 @@ def run_update_bench(
     from agent.registry.publish import publish
     from agent.registry.signing import generate_key
     from agent.registry.updater import Job, Updater
-    from agent.serving import ModelSlot, RuntimeSpec
+    from agent.serving import ModelSlot
 
     model = Path(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -336,6 +370,7 @@ def run_static_bench(
     fps: float = 5.0,
     threads: int = 2,
     card: str | None = None,
+    spec: RuntimeSpec | None = None,
 ) -> dict[str, object]:
     """A still scene (the first frame of ``source`` repeated) at an ``fps`` cap for ``seconds``
     with the motion gate off, then on (default settings: a model run every ``recheck_s``):
@@ -346,7 +381,8 @@ def run_static_bench(
     first = _read_frames(video, 1)
     if not first:
         raise SystemExit(f"bench: cannot read frames from {video}")
-    detector = Detector.load(model, card=card, threads=threads)
+    spec = spec or RuntimeSpec(threads=threads)
+    detector = spec.load(model, card=card)
     for _ in range(3):  # warm caches and allocator before timing
         detector.detect(first[0])
     settings = MotionSettings()
@@ -362,6 +398,7 @@ def run_static_bench(
     detector.close()
     return {
         "model": str(model),
+        **runtime_row(detector, spec),
         "source": f"{video} (first frame, still)",
         "seconds": seconds,
         "fps_cap": fps,

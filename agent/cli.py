@@ -18,6 +18,7 @@ from agent.compress.cli import add_compress_commands
 from agent.compress.distill_cli import add_distill_command
 from agent.errors import EXIT_FAILURE, EXIT_OK, EdgeAgentError
 from agent.logs import setup_logging
+from agent.runtime_args import add_runtime_options
 from agent.split.cli import add_split_commands
 from agent.tracking.cli import add_events_command
 
@@ -76,9 +77,10 @@ def _draw(
 def cmd_detect(args: argparse.Namespace) -> int:
     import cv2
 
-    from agent.detection import Detector, DetectorSettings
+    from agent.detection import DetectorSettings
+    from agent.runtime_args import spec_from_args
 
-    detector = Detector.load(args.model, card=args.card, threads=args.threads)
+    detector = spec_from_args(args).load(args.model, card=args.card)
     settings = DetectorSettings(score_threshold=args.score, labels=tuple(args.labels or ()))
     status = 0
     for name in args.images:
@@ -162,19 +164,31 @@ def _spec(spec: object) -> dict[str, object]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from agent.bench import run_bench, run_static_bench
+    from agent.bench_cameras import BenchError
+    from agent.runtime_args import spec_from_args
 
+    specs = [spec_from_args(args, kind) for kind in args.runtime]
     if args.cameras is not None:
+        if args.runtime != ["auto"]:
+            raise BenchError(
+                "bench --cameras runs the model on its default runtime: drop --runtime"
+            )
         return _bench_cameras(args)
     if args.static:
+        if len(specs) > 1:
+            raise BenchError("bench --static: one --runtime at a time")
         static = run_static_bench(
             args.model,
             source=args.source,
             seconds=args.seconds,
             threads=args.threads,
             card=args.card,
+            spec=specs[0],
         )
         _print_result(static, args.json)
         return 0
+    if len(specs) > 1:
+        return _bench_runtimes(args)
     result = run_bench(
         args.model,
         source=args.source,
@@ -182,8 +196,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         card=args.card,
         broker=args.broker,
+        spec=specs[0],
     )
     _print_result(result, args.json)
+    return 0
+
+
+def _bench_runtimes(args: argparse.Namespace) -> int:
+    """One row per runtime, each measured in a fresh process (its own memory peak, no thread
+    pool of another runtime beside it)."""
+    import subprocess
+
+    from agent.bench import BENCH_COLUMNS
+
+    rows = []
+    for kind in args.runtime:
+        cmd = [sys.executable, "-m", "agent", "bench", str(args.model), "--json"]
+        cmd += ["--frames", str(args.frames), "--threads", str(args.threads), "--runtime", kind]
+        for option, value in (("--source", args.source), ("--card", args.card)):
+            if value:
+                cmd += [option, str(value)]
+        if args.broker:
+            cmd += ["--broker", args.broker]
+        if kind == "openvino":
+            cmd += ["--device", args.device, "--precision", args.precision]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(done.stderr.strip(), file=sys.stderr)
+            return done.returncode
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print("| " + " | ".join(BENCH_COLUMNS) + " |")
+    print("|" + "---|" * len(BENCH_COLUMNS))
+    for row in rows:
+        print("| " + " | ".join(str(row.get(c, "")) for c in BENCH_COLUMNS) + " |")
     return 0
 
 
@@ -334,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument(
         "--threads", type=int, default=0, help="inference threads; 0: the runtime's choice"
     )
+    add_runtime_options(det)
     det.set_defaults(func=cmd_detect)
 
     chk = sub.add_parser(
@@ -404,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="--static: seconds of each run (on, off); --cameras: seconds measured",
     )
-    bench.add_argument("--json", action="store_true", help="one JSON object")
+    add_runtime_options(bench, several=True)
+    bench.add_argument("--json", action="store_true", help="one JSON object (per runtime)")
     bench.set_defaults(func=cmd_bench)
 
     bench_pub = sub.add_parser(

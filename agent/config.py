@@ -232,15 +232,70 @@ class CameraConfig(Section):
         return _check_zone_names(zones)
 
 
+# Options only OpenVINO takes, at their defaults (any other value needs ``runtime: openvino``).
+OPENVINO_DEFAULTS: dict[str, object] = {
+    "device": "CPU",
+    "precision": "f32",
+    "performance_hint": "LATENCY",
+}
+
+
 class ModelConfig(Section):
     path: Path = Field(DEFAULT_MODEL, description="model file (.onnx or .tflite)")
     card: Path | None = Field(None, description="model card; default: <model>.card.yaml beside it")
-    runtime: Literal["auto", "onnx", "tflite"] = Field("auto", description="auto: by file suffix")
+    runtime: Literal["auto", "onnx", "tflite", "openvino"] = Field(
+        "auto",
+        description="auto: by file suffix (onnx, tflite); openvino: Intel CPUs, GPUs and NPUs "
+        "(the openvino extra)",
+    )
     threads: int = Field(2, ge=0, description="inference threads; 0 = the runtime's default")
     providers: list[str] = Field(
         default_factory=list, description="onnxruntime execution providers; empty = CPU"
     )
     delegate: str | None = Field(None, description="TFLite delegate library (e.g. libedgetpu.so.1)")
+    device: str = Field(
+        "CPU",
+        description="OpenVINO device: CPU, GPU (GPU.1: the second), NPU or AUTO",
+    )
+    precision: Literal["f32", "bf16", "f16"] = Field(
+        "f32",
+        description="OpenVINO inference precision; f32 gives onnxruntime's outputs, bf16 and f16 "
+        "are faster where the device has them",
+    )
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = Field(
+        "LATENCY", description="OpenVINO performance hint"
+    )
+    cache: bool = Field(
+        True,
+        description="OpenVINO: keep compiled models in <store.path>/cache/openvino, so a "
+        "restart does not compile again",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _a_device(cls, value: str) -> str:
+        if not re.fullmatch(r"CPU|GPU(\.[0-9]+)?|NPU|AUTO", value):
+            raise ValueError(
+                f"unknown OpenVINO device {value!r}; expected CPU, GPU (or GPU.N), NPU or AUTO"
+                + did_you_mean(value.upper(), ["CPU", "GPU", "NPU", "AUTO"])
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _openvino_options_need_openvino(self) -> ModelConfig:
+        # By value, not by the keys given: a config dumped and validated again names every key.
+        if self.runtime != "openvino":
+            given = [
+                f"{key}: {getattr(self, key)}"
+                for key, default in OPENVINO_DEFAULTS.items()
+                if getattr(self, key) != default
+            ]
+            if given:
+                raise ValueError(
+                    f"model.{given[0]} is an OpenVINO option: set model.runtime: openvino "
+                    f"(model.runtime is {self.runtime})"
+                )
+        return self
 
 
 class DetectionConfig(Section):

@@ -1,6 +1,7 @@
 """What a config asks of this machine, checked before the agent starts (``preflight``) and by
 ``edge-agent check-config`` (``check_config_file``): folders that must be writable, a source URI
-that names a known kind, trusted keys that load, labels the model has.
+that names a known kind, trusted keys that load, labels the model has, a runtime that is
+installed (and for OpenVINO, check-config only: a device it finds).
 
 Validation (``agent.config``) does no I/O; these checks do, and each problem is one line
 ``FILE:LINE: key: problem``. What fails here is something a restart cannot fix, so ``run`` exits
@@ -123,6 +124,44 @@ def key_problems(config: Config) -> list[Problem]:
     return problems
 
 
+def runtime_problems(config: Config, *, devices: bool = True) -> list[Problem]:
+    """``model.runtime: openvino`` where the openvino package is missing, and (``devices``) a
+    ``model.device`` OpenVINO does not find on this machine (AUTO always is)."""
+    if config.model.runtime != "openvino":
+        return []
+    import importlib.util
+
+    try:
+        missing = importlib.util.find_spec("openvino") is None
+    except ValueError:  # in sys.modules as None: blocked
+        missing = True
+    if missing:
+        return [
+            (
+                ("model", "runtime"),
+                "openvino is not installed here: pip install 'edge-agent[openvino]', or use "
+                "runtime auto, onnx or tflite",
+            )
+        ]
+    device = config.model.device
+    if not devices or device == "AUTO":
+        return []
+    from agent.runtimes.openvino import device_found, one_line, openvino_module
+
+    try:
+        available = list(openvino_module().Core().available_devices)
+    except RuntimeError as exc:
+        return [(("model", "device"), f"OpenVINO cannot list its devices: {one_line(exc)}")]
+    if device_found(device, available):
+        return []
+    return [
+        (
+            ("model", "device"),
+            f"OpenVINO finds no {device} here (available: {', '.join(available) or 'none'})",
+        )
+    ]
+
+
 def model_labels(config: Config) -> tuple[str, list[str]]:
     """The configured model's name and labels, from its card (or, without one, from the model's
     metadata: the file is opened, nothing is run)."""
@@ -191,8 +230,9 @@ def _compose(text: str) -> yaml.Node | None:
 
 def preflight(config: Config, config_path: str | Path | None = None) -> None:
     """Refuse to start (``ConfigError``: exit 78) on what a restart cannot fix: a state folder
-    that cannot be written, an unknown source scheme, a trusted key that does not load."""
-    problems = key_problems(config)
+    that cannot be written, an unknown source scheme, a trusted key that does not load, the
+    openvino runtime without its package."""
+    problems = runtime_problems(config, devices=False) + key_problems(config)
     if config.split.role != "tail":  # a tail has no camera and keeps no state
         problems = store_problems(config) + source_problems(config, files=False) + problems
     if not problems:
@@ -220,7 +260,7 @@ def check_config_file(path: Path) -> list[str]:
     except ConfigError as exc:
         return str(exc).splitlines()
     problems = check_files(config, str(path), text)
-    found = key_problems(config) + label_problems(config)
+    found = runtime_problems(config) + key_problems(config) + label_problems(config)
     if config.split.role != "tail":
         found = store_problems(config) + source_problems(config) + found
     return problems + format_problems(found, str(path), text)

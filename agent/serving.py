@@ -1,9 +1,9 @@
 """The model in service: one owner, one load path.
 
 ``RuntimeSpec`` is the runtime options of the config's ``model:`` section (runtime, threads,
-providers, delegate); every load of a model (at start, trial, the trial's baseline, probation,
-rollback, the split head's parts) uses it, so an updated model runs on the same accelerator as the
-configured one.
+providers, delegate; OpenVINO's device, precision, hint and compiled-model cache); every load of a
+model (at start, trial, the trial's baseline, probation, rollback, the split head's parts) uses
+it, so an updated model runs on the same runtime and accelerator as the configured one.
 
 ``ModelSlot`` holds the detector that serves. A frame runs inside ``with slot.use() as detector``;
 ``serve`` puts another detector in service from the next frame on and hands back the one it
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.detection import Detector
 from agent.detection.detector import file_sha256
-from agent.runtimes import load_runtime
+from agent.runtimes import describe, load_runtime
 
 if TYPE_CHECKING:
     from agent.config import ModelConfig
@@ -37,20 +37,35 @@ log = logging.getLogger("agent.serving")
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    """How to open a model: the same options for every load."""
+    """How to open a model: the same options for every load. ``device``, ``precision``,
+    ``hint`` and ``cache_dir`` (the compiled-model cache) are OpenVINO's; the other runtimes
+    ignore them."""
 
     runtime: str = "auto"
     threads: int = 0
     providers: tuple[str, ...] = ()
     delegate: str | None = None
+    device: str = "CPU"
+    precision: str = "f32"
+    hint: str = "LATENCY"
+    cache_dir: str | None = None
 
     @classmethod
-    def from_config(cls, model: ModelConfig) -> RuntimeSpec:
+    def from_config(cls, model: ModelConfig, store: str | Path | None = None) -> RuntimeSpec:
+        """The ``model:`` section's options; with ``store`` (``store.path``) and
+        ``model.cache``, OpenVINO keeps compiled models in ``<store>/cache/openvino``."""
+        cache = None
+        if model.runtime == "openvino" and model.cache and store is not None:
+            cache = str(Path(store) / "cache" / "openvino")
         return cls(
             runtime=model.runtime,
             threads=model.threads,
             providers=tuple(model.providers),
             delegate=model.delegate,
+            device=model.device,
+            precision=model.precision,
+            hint=model.performance_hint,
+            cache_dir=cache,
         )
 
     @property
@@ -66,6 +81,10 @@ class RuntimeSpec:
             runtime=self.runtime,
             providers=self.provider_list,
             delegate=self.delegate,
+            device=self.device,
+            precision=self.precision,
+            hint=self.hint,
+            cache_dir=self.cache_dir,
         )
 
     def load(
@@ -81,6 +100,10 @@ class RuntimeSpec:
             providers=self.provider_list,
             delegate=self.delegate,
             warmup=warmup,
+            device=self.device,
+            precision=self.precision,
+            hint=self.hint,
+            cache_dir=self.cache_dir,
         )
 
 
@@ -227,12 +250,13 @@ class ModelSlot:
                     self.drain_s,
                 )
         log.info(
-            "serving %s %s (%s) from %s [%s]",
+            "serving %s %s (%s) from %s [%s] on %s",
             info.name,
             info.version,
             info.family,
             info.path,
             origin,
+            describe(detector.runtime),
         )
         for listener in list(self._listeners):
             try:

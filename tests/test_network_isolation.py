@@ -3,6 +3,7 @@ telemetry lookup included), shown by tracing every connect() of the real process
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import signal
@@ -80,3 +81,44 @@ def test_agent_connects_only_to_its_broker(
     connects = inet_connects(trace)
     assert connects, "the trace shows no connection at all; the tracing is broken"
     assert set(connects) == {("127.0.0.1", broker.port)}, connects
+
+
+def test_agent_on_openvino_connects_only_to_its_broker(
+    broker, subscriber, write_config, run_agent, assets, tmp_path
+):
+    """`import openvino` sends an "import" event to Google Analytics through openvino-telemetry
+    unless an opt-out file in the home folder says no: `import agent` keeps it from running. The
+    agent runs with a home of its own and no CI variable (the package declines by itself in CI),
+    so nothing but the agent stands between OpenVINO and the network."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed (pip install 'edge-agent[openvino]')")
+    sub = subscriber("edge-agent/cam-ov/#")
+    trace = tmp_path / "agent.trace"
+    home = tmp_path / "home"
+    home.mkdir()
+    config = write_config(
+        {
+            "device_id": "cam-ov",
+            "source": {"uri": str(MEDIA / "carphone_pristine.mp4"), "fps": 5, "loop": True},
+            "model": {
+                "path": str(assets / "face-short-range.tflite"),
+                "runtime": "openvino",
+                "threads": 1,
+            },
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        }
+    )
+    agent = run_agent(
+        config,
+        wrap=["strace", "-f", "-e", "trace=connect,getsockname", "-o", str(trace)],
+        env={"HOME": str(home), "CI": "", "TF_BUILD": "", "JENKINS_URL": ""},
+    )
+    sub.wait_for("/detections", timeout=60)
+    time.sleep(2)  # the telemetry is sent from a thread of its own at import
+    agent.signal(signal.SIGTERM)
+    agent.wait(30)
+    assert "on openvino CPU f32" in agent.output()  # it really ran on OpenVINO
+    connects = inet_connects(trace)
+    assert connects, "the trace shows no connection at all; the tracing is broken"
+    assert set(connects) == {("127.0.0.1", broker.port)}, connects
+    assert not (home / "intel").exists()  # no telemetry client id was written either

@@ -77,7 +77,9 @@ class Rig:
     """A real pipeline on the sample face video, its model in a real model slot, and an Updater on
     a store in tmp: the daemon minus MQTT, so each refusal can be checked directly."""
 
-    def __init__(self, store: Path, url: str, pub: Path, **registry: Any) -> None:
+    def __init__(
+        self, store: Path, url: str, pub: Path, spec: RuntimeSpec | None = None, **registry: Any
+    ) -> None:
         # A generous latency budget: tests run beside others on two cores; the one test about
         # latency sets its own.
         settings: dict[str, Any] = {"probation_s": 1.0, "latency_budget": 10.0, **registry}
@@ -87,7 +89,7 @@ class Rig:
         self.done: list[tuple[Job, bool, dict[str, Any] | None, str | None]] = []
         self.source = open_source(str(MEDIA / "carphone_pristine.mp4"), fps=10, loop=True)
         self.results: list[Result] = []
-        self.slot = ModelSlot(RuntimeSpec(threads=1))
+        self.slot = ModelSlot(spec or RuntimeSpec(threads=1))
         self.updater = self.make_updater()
         self.updater.load_serving()
         self.pipeline = Pipeline(self.source, self.slot, self.results.append)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import CompressError
+from agent.runtime_args import add_runtime_options
 
 if TYPE_CHECKING:
     from agent.compress.evaluate import EvalReport
@@ -39,6 +40,7 @@ def _print_reports(reports: Sequence[EvalReport], as_json: bool) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from agent.compress.evaluate import Candidate, compare
+    from agent.runtime_args import spec_from_args
 
     card = Path(args.card) if args.card else None
     reference = (
@@ -51,6 +53,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         reference=reference,
         frames=args.frames,
         threads=args.threads,
+        spec=spec_from_args(args),
     )
     _print_reports(reports, args.json)
     return 0
@@ -251,6 +254,7 @@ def add_compress_commands(model_sub: Any) -> None:
     ev.add_argument("--frames", type=int, default=50, help="frames evenly spread over --data")
     ev.add_argument("--threads", type=int, default=2, help="inference threads")
     ev.add_argument("--card", help="card of the model(s) (default: <model>.card.yaml)")
+    add_runtime_options(ev)
     ev.add_argument("--json", action="store_true", help="one JSON object per model")
     ev.set_defaults(func=cmd_eval)
 

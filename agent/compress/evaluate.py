@@ -23,9 +23,11 @@ import numpy as np
 
 from agent.compress.frames import Frame, frame_names, read_frames, sample_frames, spread
 from agent.compress.rss import measure_rss_mb
-from agent.detection.detector import Detector, DetectorSettings
+from agent.detection.detector import DetectorSettings
 from agent.detection.types import Detection
 from agent.errors import CompressError
+from agent.runtimes import describe
+from agent.serving import RuntimeSpec
 
 __all__ = [
     "EVAL_SCORE",
@@ -65,6 +67,7 @@ class EvalReport:
     frames: int
     threads: int
     detections: int  # objects found on the evaluated frames at the card's score threshold
+    runtime: str = ""  # what ran it: onnx, tflite, "openvino CPU f32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,10 +210,13 @@ class _Run:
     predictions: list[list[Detection]]  # at EVAL_SCORE
     latencies: list[float]
     card_score: float
+    runtime: str = ""
 
 
-def _run(candidate: Candidate, frames: Sequence[Frame], threads: int) -> _Run:
-    detector = Detector.load(candidate.path, card=candidate.card, threads=threads)
+def _run(
+    candidate: Candidate, frames: Sequence[Frame], threads: int, spec: RuntimeSpec | None = None
+) -> _Run:
+    detector = (spec or RuntimeSpec(threads=threads)).load(candidate.path, card=candidate.card)
     try:
         settings = DetectorSettings(score_threshold=EVAL_SCORE)
         for frame in frames[:WARMUP_FRAMES]:
@@ -220,7 +226,9 @@ def _run(candidate: Candidate, frames: Sequence[Frame], threads: int) -> _Run:
             dets, times = detector.detect(frame.image, settings)
             predictions.append(dets)
             latencies.append(times.total)
-        return _Run(predictions, latencies, detector.card.thresholds.score)
+        return _Run(
+            predictions, latencies, detector.card.thresholds.score, describe(detector.runtime)
+        )
     finally:
         detector.close()
 
@@ -263,6 +271,7 @@ def _report(
         frames=len(run.predictions),
         threads=threads,
         detections=sum(len(_above(p, run.card_score)) for p in run.predictions),
+        runtime=run.runtime,
     )
 
 
@@ -275,11 +284,18 @@ def compare(
     frames: int = 50,
     threads: int = 2,
     exclude: Sequence[str] = (),
+    spec: RuntimeSpec | None = None,
 ) -> list[EvalReport]:
     """Evaluate several models on the same frames. With ``labels``, mAP against them; else, with
     a ``reference``, fidelity: mAP against the reference's detections (its card's threshold) on
     frames evenly spread over ``data``, none of ``exclude`` (e.g. calibration frames). The
-    reference runs once; a candidate that is the reference reuses that run."""
+    reference runs once; a candidate that is the reference reuses that run. ``spec``: the
+    runtime options of the candidates (default: by file suffix, ``threads``); the reference runs
+    on its file's default runtime, so ``--runtime openvino --precision bf16`` against the same
+    file measures what the runtime and precision change."""
+    ref_spec = RuntimeSpec(threads=spec.threads if spec else threads)
+    spec = spec or ref_spec
+    threads = spec.threads
     if frames <= 0:
         raise CompressError(f"--frames must be positive, not {frames}")
     truths: list[list[Detection]] | None = None
@@ -298,21 +314,27 @@ def compare(
     else:
         sample = sample_frames(data, frames, exclude)
         if reference is not None:
-            ref_run = _run(reference, sample, threads)
+            ref_run = _run(reference, sample, threads, ref_spec)
             truths = [_above(p, ref_run.card_score) for p in ref_run.predictions]
             truth_name = f"reference {reference.name or Path(reference.path).stem}"
     reports = []
     for candidate in candidates:
-        if ref_run is not None and reference is not None and _same(candidate, reference):
+        if (
+            ref_run is not None
+            and reference is not None
+            and spec == ref_spec
+            and _same(candidate, reference)
+        ):
             run = ref_run
         else:
-            run = _run(candidate, sample, threads)
+            run = _run(candidate, sample, threads, spec)
         rss = measure_rss_mb(
             Path(candidate.path),
             data,
             [f.name for f in sample[:RSS_FRAMES]],
             candidate.card,
             threads,
+            spec,
         )
         reports.append(_report(candidate, run, truths, truth_name, threads, rss))
     return reports
@@ -331,6 +353,7 @@ def evaluate(
     frames: int = 50,
     threads: int = 2,
     card: Path | None = None,
+    spec: RuntimeSpec | None = None,
 ) -> EvalReport:
     """One model's report; see ``compare``. Fidelity is against ``reference`` (with the card
     beside it) when no ``labels`` are given."""
@@ -342,6 +365,7 @@ def evaluate(
         reference=ref,
         frames=frames,
         threads=threads,
+        spec=spec,
     )[0]
 
 
@@ -373,4 +397,7 @@ def markdown_table(reports: Sequence[EvalReport]) -> str:
         )
     truth = {r.truth for r in reports}
     note = f"mAP against: {', '.join(sorted(truth))}; {base.frames} frames, {base.threads} threads"
+    runtimes = sorted({r.runtime for r in reports if r.runtime})
+    if runtimes:
+        note += f"; runtime {', '.join(runtimes)}"
     return "\n".join([*rows, "", note])

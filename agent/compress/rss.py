@@ -12,8 +12,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import CompressError
+
+if TYPE_CHECKING:
+    from agent.serving import RuntimeSpec
 
 
 def peak_rss_mb() -> float:
@@ -30,11 +34,19 @@ def peak_rss_mb() -> float:
 
 
 def measure_rss_mb(
-    model: Path, data: str | Path, frames: Sequence[str], card: Path | None, threads: int
+    model: Path,
+    data: str | Path,
+    frames: Sequence[str],
+    card: Path | None,
+    threads: int,
+    spec: RuntimeSpec | None = None,
 ) -> float:
-    """Start a process that loads ``model`` and runs it on ``frames`` of ``data``; its peak RSS."""
+    """Start a process that loads ``model`` (with ``spec``'s runtime, device and precision) and
+    runs it on ``frames`` of ``data``; its peak RSS."""
     cmd = [sys.executable, "-m", "agent.compress.rss", str(model), str(data), *frames]
     cmd += ["--threads", str(threads)] + (["--card", str(card)] if card else [])
+    if spec is not None:
+        cmd += ["--runtime", spec.runtime, "--device", spec.device, "--precision", spec.precision]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
         raise CompressError(f"{model}: memory measurement failed: {done.stderr.strip()[-500:]}")
@@ -48,12 +60,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("frames", nargs="+", help="image names, or frame numbers of a video")
     p.add_argument("--card", help="model card (default: <model>.card.yaml)")
     p.add_argument("--threads", type=int, default=2, help="inference threads (default: 2)")
+    p.add_argument("--runtime", default="auto", help="auto, onnx, tflite or openvino")
+    p.add_argument("--device", default="CPU", help="openvino: its device")
+    p.add_argument("--precision", default="f32", help="openvino: its precision")
     args = p.parse_args(argv)
     from agent.compress.frames import read_frames
-    from agent.detection.detector import Detector
+    from agent.serving import RuntimeSpec
 
     images = read_frames(args.data, args.frames)
-    detector = Detector.load(args.model, card=args.card, threads=args.threads)
+    spec = RuntimeSpec(
+        runtime=args.runtime, threads=args.threads, device=args.device, precision=args.precision
+    )
+    detector = spec.load(args.model, card=args.card)
     for frame in images:
         detector.detect(frame.image)
     print(peak_rss_mb())

@@ -93,9 +93,23 @@ class Detector:
         providers: list[str] | None = None,
         delegate: str | None = None,
         warmup: bool = True,
+        device: str = "CPU",
+        precision: str = "f32",
+        hint: str = "LATENCY",
+        cache_dir: str | Path | None = None,
     ) -> Detector:
+        """A detector for ``path``; the options are ``load_runtime``'s (``device``,
+        ``precision``, ``hint`` and ``cache_dir``: OpenVINO's)."""
         rt = load_runtime(
-            path, threads=threads, runtime=runtime, providers=providers, delegate=delegate
+            path,
+            threads=threads,
+            runtime=runtime,
+            providers=providers,
+            delegate=delegate,
+            device=device,
+            precision=precision,
+            hint=hint,
+            cache_dir=cache_dir,
         )
         detector = cls(rt, resolve_card(path, rt, card))
         if warmup:

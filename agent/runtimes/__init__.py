@@ -7,11 +7,21 @@ from pathlib import Path
 from agent.errors import ModelLoadError
 from agent.runtimes.base import Runtime, TensorSpec
 
-__all__ = ["RUNTIMES", "Runtime", "TensorSpec", "load_runtime", "runtime_kind"]
+__all__ = [
+    "RUNTIMES",
+    "RUNTIME_KINDS",
+    "Runtime",
+    "TensorSpec",
+    "describe",
+    "load_runtime",
+    "runtime_kind",
+]
 
 # suffix -> runtime name; the classes are imported only when asked for, so a device
 # without one backend can still run models of the other.
 RUNTIMES = {".onnx": "onnx", ".tflite": "tflite"}
+#: what ``model.runtime`` (and ``--runtime``) may name besides ``auto``
+RUNTIME_KINDS = ("onnx", "tflite", "openvino")
 
 
 def runtime_kind(path: str | Path, runtime: str | None = None) -> str:
@@ -25,6 +35,15 @@ def runtime_kind(path: str | Path, runtime: str | None = None) -> str:
     return RUNTIMES[suffix]
 
 
+def describe(runtime: Runtime) -> str:
+    """Which runtime runs a model, for logs and reports: ``onnx``, ``tflite``, or
+    ``openvino CPU f32`` (the device and the precision it really runs at)."""
+    kind = type(runtime).__module__.rsplit(".", 1)[-1]
+    if kind == "openvino":
+        return f"openvino {getattr(runtime, 'device', '?')} {getattr(runtime, 'precision', '?')}"
+    return kind
+
+
 def load_runtime(
     path: str | Path,
     *,
@@ -32,8 +51,13 @@ def load_runtime(
     runtime: str | None = None,
     providers: list[str] | None = None,
     delegate: str | None = None,
+    device: str = "CPU",
+    precision: str = "f32",
+    hint: str = "LATENCY",
+    cache_dir: str | Path | None = None,
 ) -> Runtime:
-    """Open ``path`` with the runtime its suffix (or ``runtime``) names."""
+    """Open ``path`` with the runtime its suffix (or ``runtime``) names. ``device``,
+    ``precision``, ``hint`` and ``cache_dir`` (the compiled-model cache) are OpenVINO's."""
     path = str(path)
     if not Path(path).is_file():
         raise ModelLoadError(f"{path}: no such model file")
@@ -46,4 +70,17 @@ def load_runtime(
         from agent.runtimes.tflite import TFLiteRuntime
 
         return TFLiteRuntime(path, threads=threads, delegate=delegate)
-    raise ModelLoadError(f"{path}: unknown runtime {kind!r}; expected onnx or tflite")
+    if kind == "openvino":
+        from agent.runtimes.openvino import OpenVinoRuntime
+
+        return OpenVinoRuntime(
+            path,
+            threads=threads,
+            device=device,
+            precision=precision,
+            hint=hint,
+            cache_dir=cache_dir,
+        )
+    raise ModelLoadError(
+        f"{path}: unknown runtime {kind!r}; expected one of {', '.join(RUNTIME_KINDS)}"
+    )

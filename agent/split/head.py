@@ -312,7 +312,7 @@ class SplitHead:
         and plan."""
         try:
             model = SplitModel(
-                path, threads=self.spec.threads, providers=self.spec.provider_list
+                path, threads=self.spec.threads, providers=self.spec.provider_list, spec=self.spec
             )
             if self.cut is not None:
                 model.cut(self.cut)

@@ -17,15 +17,38 @@ from agent.errors import SplitError
 from agent.runtimes.onnx import open_session
 
 if TYPE_CHECKING:
+    from agent.runtimes.openvino import OpenVinoRuntime
+    from agent.serving import RuntimeSpec
     from agent.split.partition import Cut
 
 log = logging.getLogger("agent.split")
 
 
 class Part:
-    """One side of a cut, run by onnxruntime: named tensors in, named tensors out."""
+    """One side of a cut, run by onnxruntime (or, with an openvino ``spec``, OpenVINO, as the
+    whole model runs): named tensors in, named tensors out."""
 
-    def __init__(self, model_bytes: bytes, threads: int, providers: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        model_bytes: bytes,
+        threads: int,
+        providers: Sequence[str] | None,
+        spec: RuntimeSpec | None = None,
+    ) -> None:
+        self._openvino: OpenVinoRuntime | None = None
+        if spec is not None and spec.runtime == "openvino":
+            from agent.runtimes.openvino import OpenVinoRuntime
+
+            self._openvino = OpenVinoRuntime(
+                model_bytes,
+                threads,
+                device=spec.device,
+                precision=spec.precision,
+                hint=spec.hint,
+            )
+            self.inputs = [i.name for i in self._openvino.inputs]
+            self.outputs = [o.name for o in self._openvino.outputs]
+            return
         self._session = open_session(model_bytes, threads, providers)
         self.inputs = [i.name for i in self._session.get_inputs()]
         self.outputs = [o.name for o in self._session.get_outputs()]
@@ -35,7 +58,10 @@ class Part:
             missing = [n for n in self.inputs if n not in feeds]
             if missing:
                 raise SplitError(f"missing cut tensor(s) {missing}")
-            results = self._session.run(None, {n: feeds[n] for n in self.inputs})
+            if self._openvino is not None:
+                results = self._openvino.infer([feeds[n] for n in self.inputs])
+            else:
+                results = self._session.run(None, {n: feeds[n] for n in self.inputs})
         except SplitError:
             raise
         except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -53,6 +79,7 @@ class SplitModel:
         threads: int = 0,
         providers: Sequence[str] | None = None,
         keep: int = 4,
+        spec: RuntimeSpec | None = None,
     ) -> None:
         try:
             import onnx
@@ -77,6 +104,7 @@ class SplitModel:
         self._threads = threads
         self._providers = providers
         self._keep = keep
+        self._spec = spec  # an openvino spec: the parts run on OpenVINO too
         self._parts: OrderedDict[str, tuple[Part, Part]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -101,8 +129,8 @@ class SplitModel:
 
         head, tail = split_model(self.graph, cut_id)  # refuses the ends with a SplitError
         pair = (
-            Part(head.SerializeToString(), self._threads, self._providers),
-            Part(tail.SerializeToString(), self._threads, self._providers),
+            Part(head.SerializeToString(), self._threads, self._providers, self._spec),
+            Part(tail.SerializeToString(), self._threads, self._providers, self._spec),
         )
         log.info("split %s at %s: head and tail sessions ready", self.path.name, cut_id)
         with self._lock:

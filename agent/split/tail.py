@@ -23,11 +23,12 @@ import numpy as np
 
 from agent.config import Config
 from agent.damaged import damaged_files
-from agent.detection.detector import Detector, DetectorSettings, decode_candidates
+from agent.detection.detector import DetectorSettings, decode_candidates
 from agent.errors import EXIT_CONFIG, EdgeAgentError, SplitError
 from agent.health import Heartbeats, ProcessUsage, supervised
 from agent.publish import MqttPublisher
 from agent.service import Notifier, ServiceLoop
+from agent.serving import RuntimeSpec
 from agent.split.codec import decode, encode
 from agent.split.parts import SplitModel
 
@@ -42,15 +43,10 @@ class TailAgent:
     def __init__(self, config: Config, backlog: int = 4) -> None:
         self.config = config
         c = config.model
-        self.model = SplitModel(c.path, threads=c.threads, providers=c.providers or None)
+        spec = RuntimeSpec.from_config(c, config.store.path)
+        self.model = SplitModel(c.path, threads=c.threads, providers=c.providers or None, spec=spec)
         # The whole model, for heads that send their input (the "input" cut), and its card.
-        self.detector = Detector.load(
-            c.path,
-            card=c.card,
-            threads=c.threads,
-            providers=c.providers or None,
-            warmup=False,
-        )
+        self.detector = spec.load(c.path, card=c.card, warmup=False)
         self.card = self.detector.card
         self._names = self.model.output_names
         self.health = Heartbeats(stall_s=config.service.stall_s)

@@ -14,9 +14,10 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.config import CameraConfig, Config
-from agent.detection import Detector, DetectorSettings
+from agent.detection import DetectorSettings
 from agent.errors import ConfigError, SourceError
 from agent.motion import MotionGate, MotionSettings
+from agent.serving import RuntimeSpec
 from agent.tracking.camera_events import CameraEvents
 from agent.tracking.events import EventMessage
 
@@ -54,7 +55,7 @@ def replay(
     rate = float(cap.get(cv2.CAP_PROP_FPS)) or 25.0
     step = 1.0 / cam.source.fps if cam.source.fps > 0 else 0.0
     c = config
-    detector = Detector.load(c.model.path, card=c.model.card, threads=c.model.threads)
+    detector = RuntimeSpec.from_config(c.model, c.store.path).load(c.model.path, card=c.model.card)
     settings = DetectorSettings(
         c.detection.score_threshold, c.detection.iou_threshold, tuple(c.detection.labels)
     )
