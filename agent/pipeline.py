@@ -68,17 +68,16 @@ class _Prepared:
 
 
 class _Durations:
-    """The median of the last few durations of one stage, in seconds (0 before the first)."""
+    """The median of the last few durations of one stage, in seconds (0 before the first);
+    worked out once per duration added, as it is read several times a frame."""
 
     def __init__(self, window: int = 9) -> None:
         self._last: deque[float] = deque(maxlen=window)
+        self.median = 0.0
 
     def add(self, seconds: float) -> None:
         self._last.append(seconds)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self._last) if self._last else 0.0
+        self.median = statistics.median(self._last)
 
 
 class _Buffers:
