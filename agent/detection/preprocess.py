@@ -80,7 +80,8 @@ class Preprocessor:
             else (1, spec.height, spec.width, 3)
         )
         self._canvas = np.full((spec.height, spec.width, 3), spec.pad_value, np.uint8)
-        self._placed: tuple[int, int] | None = None  # the frame size the canvas is padded for
+        # the frame size the canvas is padded for, where such a frame goes, and its place on it
+        self._placed: tuple[tuple[int, int], Transform, np.ndarray] | None = None
         self._lock = threading.Lock()
 
     def empty(self) -> np.ndarray:
@@ -113,19 +114,25 @@ class Preprocessor:
         ``out`` when it is a buffer of ``shape`` (else a new array), and where the frame went."""
         frame = _bgr(frame_bgr)
         h, w = frame.shape[:2]
-        nw, nh, transform = self.place(w, h)
-        left, top = int(transform.pad_x), int(transform.pad_y)
         if out is not None and (out.shape != self.shape or out.dtype != np.float32):
             out = None
         with self._lock:
-            if self._placed != (w, h):
+            placed = self._placed
+            if placed is None or placed[0] != (w, h):  # the first frame, or another size
+                nw, nh, transform = self.place(w, h)
+                left, top = int(transform.pad_x), int(transform.pad_y)
                 self._canvas[:] = self.spec.pad_value
-                self._placed = (w, h)
-            roi = self._canvas[top : top + nh, left : left + nw]
-            if (nw, nh) == (w, h):
+                placed = self._placed = (
+                    (w, h),
+                    transform,
+                    self._canvas[top : top + nh, left : left + nw],
+                )
+            _, transform, roi = placed
+            if roi.shape[:2] == (h, w):
                 roi[:] = frame
             else:
-                resized = cv2.resize(frame, (nw, nh), dst=roi, interpolation=cv2.INTER_LINEAR)
+                size = (roi.shape[1], roi.shape[0])
+                resized = cv2.resize(frame, size, dst=roi, interpolation=cv2.INTER_LINEAR)
                 if resized is not roi:  # an OpenCV that allocated its own output after all
                     roi[:] = resized
             if out is None:
