@@ -68,17 +68,43 @@ class _Prepared:
 
 
 class _Durations:
-    """The median of the last few durations of one stage, in seconds (0 before the first)."""
+    """The median of the last few durations of one stage, in seconds (0 before the first);
+    worked out once per duration added, as it is read several times a frame."""
 
     def __init__(self, window: int = 9) -> None:
         self._last: deque[float] = deque(maxlen=window)
+        self.median = 0.0
 
     def add(self, seconds: float) -> None:
         self._last.append(seconds)
+        self.median = statistics.median(self._last)
 
-    @property
-    def median(self) -> float:
-        return statistics.median(self._last) if self._last else 0.0
+
+class _Buffers:
+    """The model input tensors the pipeline reuses: one for each frame in flight (being
+    prepared, waiting for the model, in the model), so a frame's tensor (4.9 MB for a 640x640
+    float input) is neither allocated nor faulted in afresh. A tensor comes back once nothing
+    refers to it any more: the model has run on it, or a newer frame replaced it."""
+
+    def __init__(self, keep: int = 3) -> None:
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._free: list[np.ndarray] = []
+        self._shape: tuple[int, ...] = ()
+
+    def take(self, detector: Detector) -> np.ndarray:
+        shape = detector.preprocess.shape
+        with self._lock:
+            if shape != self._shape:  # another model: the old one's buffers are of no use
+                self._free, self._shape = [], shape
+            if self._free:
+                return self._free.pop()
+        return detector.preprocess.empty()
+
+    def give(self, tensor: np.ndarray) -> None:
+        with self._lock:
+            if tensor.shape == self._shape and len(self._free) < self._keep:
+                self._free.append(tensor)
 
 
 class Offload(Protocol):
@@ -202,6 +228,7 @@ class Pipeline:
         self._taken = 0  # items the infer stage took
         self._cycle = _Durations()  # infer stage: take an item .. result handed on
         self._prep = _Durations()
+        self._buffers = _Buffers()
 
     @property
     def source(self) -> FrameSource:
@@ -312,7 +339,9 @@ class Pipeline:
                 detector = self.slot.detector
                 started = time.monotonic()
                 try:
-                    tensor, transform = detector.preprocess(frame.image)
+                    tensor, transform = detector.preprocess(
+                        frame.image, out=self._buffers.take(detector)
+                    )
                 except Exception:
                     stats.errors += 1
                     self.stats.errors += 1
@@ -338,6 +367,7 @@ class Pipeline:
                             # with it: this one would wait a whole inference. The next one is
                             # read when the model is due to free up (this camera's turn kept).
                             self.scheduler.give_back(feed, frame)
+                            self._buffers.give(tensor)
                             continue
                         # Replaces a frame the late model has not taken yet: newer is better.
                     else:
@@ -345,6 +375,8 @@ class Pipeline:
                         # item; a file's every frame is processed.
                         while self._slot is not None and not self._stop.is_set():
                             self._cond.wait(0.5)
+                    if self._slot is not None:  # replaced before the model took it
+                        self._buffers.give(self._slot.tensor)
                     self._slot = item
                     feed.last_to_model = ready
                     self._cond.notify_all()
@@ -394,6 +426,7 @@ class Pipeline:
                     continue
                 with self.slot.use() as detector:  # not closed before this frame ends
                     self._process(item, taken, detector)
+                self._buffers.give(item.tensor)
                 self._cycle.add(time.monotonic() - taken)
         finally:
             self.finished.set()

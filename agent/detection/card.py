@@ -32,7 +32,7 @@ class InputSpec(_Strict):
         "letterbox", description="keep aspect ratio with padding, or stretch to fit"
     )
     pad_value: int = Field(0, ge=0, le=255, description="pixel value of letterbox padding")
-    scale: float = Field(1 / 255, description="multiplier applied to 0..255 pixels")
+    scale: float = Field(1 / 255, gt=0, description="multiplier applied to 0..255 pixels")
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
 

@@ -162,17 +162,23 @@ class Detector:
     def to_detections(self, kept: Candidates, transform: Transform) -> list[Detection]:
         """Candidates in model-input coordinates -> detections in the frame's 0..1 coordinates."""
         boxes = transform.to_frame(kept.boxes)
+        # A box squeezed to nothing by clipping lies wholly in the letterbox padding.
+        seen = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         labels = self.card.labels
         return [
             Detection(
-                label=labels[int(c)] if 0 <= int(c) < len(labels) else str(int(c)),
-                class_id=int(c),
-                score=float(s),
-                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                label=labels[c] if 0 <= c < len(labels) else str(c),
+                class_id=c,
+                score=s,
+                box=(b[0], b[1], b[2], b[3]),
             )
-            for b, s, c in zip(boxes, kept.scores, kept.class_ids, strict=True)
-            # A box squeezed to nothing by clipping lies wholly in the letterbox padding.
-            if b[2] > b[0] and b[3] > b[1]
+            # one conversion to Python numbers per array, not one per value
+            for b, s, c in zip(
+                boxes[seen].tolist(),
+                kept.scores[seen].tolist(),
+                kept.class_ids[seen].tolist(),
+                strict=True,
+            )
         ]
 
     def run(

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from agent.detection.card import AnchorSpec, ModelCard
+from agent.detection.card import AnchorDecodeSpec, AnchorSpec, ModelCard
 from agent.detection.types import Candidates
 from agent.errors import DecodeError
 
@@ -64,8 +64,19 @@ def generate_anchors(spec: AnchorSpec, input_width: int, input_height: int) -> n
 
 
 @lru_cache(maxsize=8)
-def _cached_anchors(spec_json: str, width: int, height: int) -> np.ndarray:
-    return generate_anchors(AnchorSpec.model_validate_json(spec_json), width, height)
+def _cached_anchors(key: tuple[object, ...], width: int, height: int) -> np.ndarray:
+    spec = AnchorSpec.model_validate(dict(zip(AnchorSpec.model_fields, key, strict=True)))
+    return generate_anchors(spec, width, height)
+
+
+def _anchors_of(spec: AnchorSpec, width: int, height: int) -> np.ndarray:
+    """The generated anchors, cached by the spec's values (a few tuples a frame, not a JSON
+    dump of the spec)."""
+    key = tuple(
+        tuple(v) if isinstance(v, list) else v
+        for v in (getattr(spec, name) for name in AnchorSpec.model_fields)
+    )
+    return _cached_anchors(key, width, height)
 
 
 def _split(
@@ -87,6 +98,17 @@ def _split(
     return (a, b) if a.shape[-1] >= b.shape[-1] else (b, a)
 
 
+def _score(raw: np.ndarray, d: AnchorDecodeSpec) -> np.ndarray:
+    """Raw class scores as the card says: clipped, then through the sigmoid."""
+    scores = raw
+    if d.score_clipping > 0:
+        scores = np.minimum(np.maximum(scores, -d.score_clipping), d.score_clipping)
+    if d.sigmoid_score:
+        # tanh form of the sigmoid: no overflow warning for large negative logits.
+        scores = 0.5 * (1.0 + np.tanh(0.5 * scores))
+    return scores
+
+
 def decode_anchors(
     outputs: Sequence[np.ndarray],
     card: ModelCard,
@@ -96,7 +118,7 @@ def decode_anchors(
     if card.anchors is None or card.decode is None:
         raise DecodeError(f"model card of {card.name} lacks 'anchors' and 'decode' sections")
     raw_boxes, raw_scores = _split(outputs, card, names)
-    anchors = _cached_anchors(card.anchors.model_dump_json(), card.input.width, card.input.height)
+    anchors = _anchors_of(card.anchors, card.input.width, card.input.height)
     raw_boxes = raw_boxes.reshape(raw_boxes.shape[-2], raw_boxes.shape[-1])
     raw_scores = raw_scores.reshape(raw_scores.shape[-2], raw_scores.shape[-1])
     if raw_boxes.shape[0] != len(anchors) or raw_scores.shape[0] != len(anchors):
@@ -105,17 +127,16 @@ def decode_anchors(
             f"for {len(anchors)} generated anchors; check the card's anchors section"
         )
     d = card.decode
-    scores = raw_scores
-    if d.score_clipping > 0:
-        scores = np.clip(scores, -d.score_clipping, d.score_clipping)
-    if d.sigmoid_score:
-        # tanh form of the sigmoid: no overflow warning for large negative logits.
-        scores = 0.5 * (1.0 + np.tanh(0.5 * scores))
-    class_ids = scores.argmax(axis=1)
-    best = scores[np.arange(len(class_ids)), class_ids]
-    keep = best >= score_threshold
-    if not keep.any():
+    # Clipping and the sigmoid never change which class is best (ties aside, which the argmax
+    # after them settles as before): so the threshold is applied first, to each anchor's best
+    # raw score, and the rest is done on the few anchors left.
+    best_raw = raw_scores[:, 0] if raw_scores.shape[1] == 1 else raw_scores.max(axis=1)
+    keep = np.flatnonzero(_score(best_raw, d) >= score_threshold)
+    if not len(keep):
         return Candidates.empty()
+    scores = _score(raw_scores[keep], d)
+    class_ids = scores.argmax(axis=1)
+    best = scores[np.arange(len(keep)), class_ids]
     r = raw_boxes[keep]
     a = anchors[keep]
     sx, sy, sw, sh = d.box_scale
@@ -144,5 +165,9 @@ def decode_anchors(
         iw, ih = card.input.width, card.input.height
         radius = np.hypot((ex - cx) * iw, (ey - cy) * ih)
         xc, yc, w, h = cx, cy, 2 * radius / iw, 2 * radius / ih
-    boxes = np.stack([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2], axis=1)
-    return Candidates(boxes.astype(np.float32), best[keep].astype(np.float32), class_ids[keep])
+    boxes = np.empty((len(keep), 4), np.float32)
+    boxes[:, 0] = xc - w / 2
+    boxes[:, 1] = yc - h / 2
+    boxes[:, 2] = xc + w / 2
+    boxes[:, 3] = yc + h / 2
+    return Candidates(boxes, best.astype(np.float32, copy=False), class_ids)
