@@ -495,8 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     int8.add_argument(
         "--eval-frames",
         type=int,
-        default=40,
-        help="frames of DATA not calibrated on that judge fidelity (default 40)",
+        default=60,
+        help="frames of DATA not calibrated on that judge fidelity (default 60)",
     )
     int8.add_argument(
         "--eval",
