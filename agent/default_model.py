@@ -71,8 +71,8 @@ def describe_default(assets: Path) -> str:
     model = default_model(assets)
     decision = read_decision(assets)
     if decision is None:
-        return f"{model} (fp32: no {DECISION_FILE}; scripts/setup makes the INT8 model)"
+        return f"{model} (fp32): no {DECISION_FILE}; scripts/setup makes the INT8 model"
     kind = "INT8" if model.name != FP32_MODEL else "fp32"
     chose = str(decision["model"])
     reason = decision.get("reason") if model.name == chose else f"{chose} is not there"
-    return f"{model} ({kind}: {reason})"
+    return f"{model} ({kind}): {reason}"

@@ -215,19 +215,19 @@ def test_default_model_follows_the_decision_file(
     fp32, int8 = tmp_path / FP32_MODEL, tmp_path / INT8_MODEL
     decision = tmp_path / DECISION_FILE
     assert default_model(tmp_path) == fp32  # no decision: fp32
-    assert describe_default(tmp_path).startswith(f"{fp32} (fp32: no {DECISION_FILE}; ")
+    assert describe_default(tmp_path).startswith(f"{fp32} (fp32): no {DECISION_FILE}; ")
     int8.write_bytes(b"x")
     (tmp_path / "person-yolov8s-int8.card.yaml").write_text("name: person\n")
     decision.write_text(json.dumps({"model": FP32_MODEL, "chosen": "fp32"}))
     assert default_model(tmp_path) == fp32
     decision.write_text(json.dumps({"model": INT8_MODEL, "chosen": "int8", "reason": "faithful"}))
     assert default_model(tmp_path) == int8
-    assert describe_default(tmp_path) == f"{int8} (INT8: faithful)"
+    assert describe_default(tmp_path) == f"{int8} (INT8): faithful"
     with caplog.at_level(logging.WARNING, logger="agent.default_model"):
         (tmp_path / "person-yolov8s-int8.card.yaml").unlink()
         assert default_model(tmp_path) == fp32
         assert "person-yolov8s-int8.card.yaml is missing" in caplog.text
-        assert describe_default(tmp_path) == f"{fp32} (fp32: {INT8_MODEL} is not there)"
+        assert describe_default(tmp_path) == f"{fp32} (fp32): {INT8_MODEL} is not there"
         decision.write_text("{not json")
         assert default_model(tmp_path) == fp32
         assert f"{decision}: cannot read it" in caplog.text
