@@ -267,3 +267,15 @@ def test_the_daemons_built_in_default_is_the_chosen_model(
         check=True,
     )
     assert out.stdout.strip() == str(folder / FP32_MODEL)
+
+
+def test_missing_assets_are_named_and_fp32_stays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--assets", str(tmp_path), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"int8-default: {tmp_path / FP32_MODEL}: missing (scripts/fetch-assets puts it there); "
+        f"{FP32_MODEL} stays the default\n"
+    )
+    assert not (tmp_path / DECISION_FILE).exists()

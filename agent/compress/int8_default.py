@@ -227,6 +227,10 @@ def decision_key(assets: Path, settings: Settings) -> str:
     """What the decision depends on: the fp32 file, the media, the settings, onnxruntime."""
     import onnxruntime
 
+    fp32 = assets / FP32_MODEL
+    for needed in (fp32, card_path_for(fp32), assets / CALIB_VIDEO, assets / EVAL_PHOTO):
+        if not needed.is_file():
+            raise CompressError(f"{needed}: missing (scripts/fetch-assets puts it there)")
     inputs = {
         "format": FORMAT,
         "fp32": file_sha256(assets / FP32_MODEL),
@@ -296,10 +300,6 @@ def make_default(
     settings = settings or Settings()
     fp32 = assets / FP32_MODEL
     calib = assets / CALIB_VIDEO
-    photo = assets / EVAL_PHOTO
-    for needed in (fp32, card_path_for(fp32), calib, photo):
-        if not needed.is_file():
-            raise CompressError(f"{needed}: missing (scripts/fetch-assets puts it there)")
     key = decision_key(assets, settings)
     done = up_to_date(assets, key)
     if done is not None:
