@@ -286,19 +286,49 @@ def cmd_registry_keygen(args: argparse.Namespace) -> int:
 
 def cmd_registry_publish(args: argparse.Namespace) -> int:
     from agent.registry.manifest import parse_manifest
-    from agent.registry.publish import publish
+    from agent.registry.publish import publish, publish_int8
 
-    manifest_path = publish(
-        Path(args.model),
-        Path(args.registry),
-        name=args.name,
-        version=args.version,
-        key=Path(args.key),
-        channel=None if args.no_channel else args.channel,
-        card=Path(args.card) if args.card else None,
-        expires_days=args.expires_days or None,
-        min_agent_version=args.min_agent_version,
-    )
+    options: dict[str, Any] = {
+        "channel": None if args.no_channel else args.channel,
+        "expires_days": args.expires_days or None,
+        "min_agent_version": args.min_agent_version,
+    }
+    card = Path(args.card) if args.card else None
+    if args.int8_from:
+        from agent.compress.int8_default import Settings
+        from agent.errors import CompressError
+
+        if not args.calib:
+            raise CompressError("--int8-from needs --calib VIDEO|DIR: the frames to calibrate on")
+        settings = Settings(
+            calib_frames=args.calib_frames,
+            eval_frames=args.eval_frames,
+            min_fidelity=args.min_fidelity,
+        )
+        manifest_path, measured = publish_int8(
+            Path(args.model),
+            Path(args.int8_from),
+            Path(args.calib),
+            Path(args.registry),
+            name=args.name,
+            version=args.version,
+            key=Path(args.key),
+            settings=settings,
+            extra_eval=[Path(e) for e in args.eval],
+            card=card,  # the float model's card
+            **options,
+        )
+        print(f"{args.int8_from} -> {args.model}: {measured.choice.reason}")
+    else:
+        manifest_path = publish(
+            Path(args.model),
+            Path(args.registry),
+            name=args.name,
+            version=args.version,
+            key=Path(args.key),
+            card=card,
+            **options,
+        )
     manifest = parse_manifest(manifest_path.read_bytes())
     print(manifest_path)
     print(f"sha256 {manifest.artifact.sha256}")
@@ -502,6 +532,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pub.add_argument(
         "--min-agent-version", help="oldest edge-agent that may install it (default: any)"
+    )
+    int8 = pub.add_argument_group(
+        "INT8 variant",
+        "quantize FP32 into MODEL, measure its fidelity against FP32 on frames it was not "
+        "calibrated on, publish it with that fidelity in its card",
+    )
+    int8.add_argument("--int8-from", metavar="FP32", help="the float ONNX model to quantize")
+    int8.add_argument(
+        "--calib", metavar="DATA", help="video, image folder or image to calibrate on"
+    )
+    int8.add_argument("--calib-frames", type=int, default=8, help="calibration frames (default 8)")
+    int8.add_argument(
+        "--eval-frames",
+        type=int,
+        default=60,
+        help="frames of DATA not calibrated on that judge fidelity (default 60)",
+    )
+    int8.add_argument(
+        "--eval",
+        action="append",
+        default=[],
+        metavar="DATA",
+        help="more images or videos to judge fidelity on (repeatable)",
+    )
+    int8.add_argument(
+        "--min-fidelity",
+        type=float,
+        default=0.9,
+        help="refuse to publish below this mAP@0.5 against FP32 (default 0.9)",
     )
     pub.set_defaults(func=cmd_registry_publish)
     ver = reg_sub.add_parser("verify", help="check signatures, digests and the index")

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.default_model import default_model
 from agent.errors import ConfigError
 
 ENV_PREFIX = "EDGE_AGENT_"
@@ -28,7 +29,9 @@ ENV_PREFIX = "EDGE_AGENT_"
 ASSETS_DIR = Path(
     os.environ.get("EDGE_AGENT_ASSETS", Path(__file__).resolve().parent.parent / "models")
 )
-DEFAULT_MODEL = ASSETS_DIR / "person-yolov8s.onnx"
+# The INT8 person model where scripts/setup measured it faithful to fp32, else fp32 (README
+# "Models": how the default is chosen).
+DEFAULT_MODEL = default_model(ASSETS_DIR)
 DEFAULT_VIDEO = ASSETS_DIR / "media" / "bikes.mp4"
 
 

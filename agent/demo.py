@@ -23,6 +23,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.config import ASSETS_DIR
+from agent.default_model import describe_default
 from agent.localbroker import LocalBroker, port_open
 
 
@@ -105,6 +107,8 @@ def _run(args: argparse.Namespace, state: Path) -> int:
     env = demo_environment(dict(os.environ), args.port, state)
     cmd = [sys.executable, "-m", "agent", "run"] + (["-c", args.config] if args.config else [])
     print(f"demo: {' '.join(cmd[2:])}  (subscriber on edge-agent/+/detections)", flush=True)
+    if not args.config:
+        print(f"demo: model {describe_default(ASSETS_DIR)}", flush=True)
     kept = "kept" if args.state else "removed at the end; --state DIR keeps it"
     print(f"demo: state in {state} ({kept})", flush=True)
     agent = subprocess.Popen(cmd, env=env)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.config import ASSETS_DIR
+from agent.default_model import default_model
 from agent.localbroker import LocalBroker
 
 
@@ -58,6 +60,10 @@ def test_demo_uses_a_fresh_folder_of_its_own_and_removes_it(
     code, out = run_demo(tmp_path, broker.port)
     assert code == 0, out
     assert first_seq(out) == 1, out  # a fresh outbox: nothing carried over from anyone
+    # it serves the default person model setup chose (the agent's log says what it loaded), and
+    # says which and why
+    assert f"demo: model {default_model(ASSETS_DIR)} (" in out, out
+    assert f" from {default_model(ASSETS_DIR)} [config]" in out, out
     assert nothing_in(tmp_path / "service", tmp_path / "xdg", tmp_path / "home"), out
     state = Path(re.search(r"demo: state in (\S+)", out).group(1))  # type: ignore[union-attr]
     assert not state.exists()  # a temporary folder, removed at the end

@@ -75,3 +75,27 @@ def test_without_systemd_as_pid_1_it_explains_instead_of_calling_systemctl(
     out = install(systemd_run=tmp_path).stdout
     assert "would: systemctl enable --now edge-agent.service" in out
     assert "systemd is not running" not in out
+
+
+def test_int8_option_makes_the_int8_default_on_the_device_and_removes_its_tools(
+    tmp_path: Path,
+) -> None:
+    plain = install("--root", str(tmp_path)).stdout
+    assert "int8_default" not in plain
+    out = install("--root", str(tmp_path), "--int8")
+    assert out.returncode == 0, out.stderr
+    opt = tmp_path / "opt" / "edge-agent"
+    lines = out.stdout.splitlines()
+    fetch = lines.index(f"would: {opt}/venv/bin/python {opt}/scripts/fetch_assets.py")
+    tools = lines.index(
+        f"would: {opt}/venv/bin/python -m pip install --quiet --only-binary=:all: --no-deps "
+        f"--target {opt}/.cache/int8-tools onnx>=1.16 protobuf>=4.25.1 ml_dtypes>=0.5 "
+        "pycocotools>=2.0.8"
+    )
+    make = lines.index(
+        f"would: {opt}/venv/bin/python -m agent.compress.int8_default --assets {opt}/models "
+        f"--tools {opt}/.cache/int8-tools"
+    )
+    removed = lines.index(f"would: rm -rf {opt}/.cache")
+    assert fetch < tools < make < removed  # the tools never stay on the device
+    assert "would: point model.path at the model default-model.json chose" in out.stdout

@@ -687,3 +687,70 @@ def test_generated_onnx_model_publishes(
         assert all(d.label in ("person", "car") for d in detections)
     finally:
         detector.close()
+
+
+def test_publish_int8_from_publishes_the_quantized_model_with_its_measured_fidelity(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    from tests import compress_models
+
+    fp32 = compress_models.tiny_yolo(tmp_path)
+    images = compress_models.image_folder(tmp_path / "images", count=12)
+    out = tmp_path / "out" / "tiny-int8.onnx"
+    registry = tmp_path / "registry"
+    pub = cli(
+        "publish", out, "--int8-from", fp32, "--calib", images, "--calib-frames", "5",
+        "--eval-frames", "7", "--registry", registry, "--name", "tiny", "--version", "2.0.0",
+        "--key", keys[0],
+    )  # fmt: skip
+    assert pub.returncode == 0, pub.stderr
+    said, _, digest_line = pub.stdout.splitlines()
+    fidelity = float(re.search(r"fidelity (\d\.\d+) >= 0\.90", said).group(1))  # type: ignore[union-attr]
+    assert said.startswith(f"{fp32} -> {out}: ") and "on 7 frames not used for calibration" in said
+    assert cli("verify", registry, "--key", keys[1]).returncode == 0
+
+    manifest = load_manifest(*published(registry, "tiny", "2.0.0"), load_public_keys([keys[1]]))
+    assert manifest.artifact.file == "tiny-int8.onnx"
+    assert digest_line == f"sha256 {manifest.artifact.sha256}"
+    quantization = manifest.model_card().quantization  # what a device reads
+    assert quantization is not None
+    assert round(quantization.fidelity_map50 or 0, 3) == fidelity
+    assert quantization.calibration == "percentile on 5 frames of images"
+    assert quantization.fidelity_frames == "7 frames of images, none used for calibration (14 detections of the reference)"
+    assert quantization.reference is not None and quantization.reference.startswith("tiny.onnx (sha256 ")
+    assert manifest.model_card().labels == compress_models.LABELS
+    # the published bytes are the INT8 model: its QDQ nodes are there
+    import onnx
+
+    graph = onnx.load(str(registry / "tiny" / "2.0.0" / "tiny-int8.onnx")).graph
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+
+
+def test_publish_int8_from_refuses_an_unfaithful_model(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    import cv2
+
+    from tests import compress_models
+
+    fp32 = compress_models.tiny_yolo(tmp_path)
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(black / f"black{i}.png"), np.zeros((64, 64, 3), np.uint8))
+    images = compress_models.image_folder(tmp_path / "images", count=6)
+    registry = tmp_path / "registry"
+    args = [
+        "publish", tmp_path / "tiny-int8.onnx", "--int8-from", fp32, "--calib", black,
+        "--eval", images, "--registry", registry, "--name", "tiny", "--version", "2.0.0",
+        "--key", keys[0],
+    ]  # fmt: skip
+    refused = cli(*args)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"edge-agent: {tmp_path / 'tiny-int8.onnx'}: not published: fidelity 0.")
+    assert "< 0.90" in refused.stderr and "--min-fidelity 0 publishes it anyway" in refused.stderr
+    assert not (registry / "tiny").exists()
+    anyway = cli(*args, "--min-fidelity", "0")
+    assert anyway.returncode == 0, anyway.stderr
+    card = load_manifest(*published(registry, "tiny", "2.0.0"), load_public_keys([keys[1]])).model_card()
+    assert card.quantization is not None and (card.quantization.fidelity_map50 or 0) < 0.9

@@ -7,14 +7,25 @@ from pathlib import Path
 
 import yaml
 
-from agent.detection.card import ModelCard, card_path_for
+from agent.detection.card import ModelCard, Quantization, card_path_for
 from agent.detection.detector import file_sha256
 
 
-def write_derived_card(src: ModelCard, model: Path, out: Path, how: str, tool: str) -> Path:
+def write_derived_card(
+    src: ModelCard,
+    model: Path,
+    out: Path,
+    how: str,
+    tool: str,
+    quantization: Quantization | None = None,
+) -> Path:
     """Write ``<out>.card.yaml``: ``src`` with ``out``'s sha256 and a note that ``out`` is ``how``
-    of ``model``; ``tool`` is the command that wrote it. Returns the card's path."""
+    of ``model``; ``tool`` is the command that wrote it; ``quantization`` says how ``out`` was
+    quantized (the original's, if any, does not describe ``out``). Returns the card's path."""
     data = src.model_dump(mode="json", exclude_none=True)
+    data.pop("quantization", None)
+    if quantization is not None:
+        data["quantization"] = quantization.model_dump(mode="json", exclude_none=True)
     data.update(
         format="onnx",
         sha256=file_sha256(out),

@@ -33,9 +33,11 @@ __all__ = [
     "EVAL_SCORE",
     "Candidate",
     "EvalReport",
+    "Fidelity",
     "coco_map",
     "compare",
     "evaluate",
+    "fidelity",
     "load_labels",
     "markdown_table",
     "zstd_size",
@@ -338,6 +340,46 @@ def compare(
         )
         reports.append(_report(candidate, run, truths, truth_name, threads, rss))
     return reports
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How closely a candidate finds what a reference model finds, on the same frames."""
+
+    map50: float
+    map5095: float
+    frames: int
+    reference_detections: int  # the truth: the reference's objects at its card's threshold
+    detections: int  # the candidate's objects at its card's threshold
+    reference_latency_ms_p50: float
+    latency_ms_p50: float
+
+
+def fidelity(
+    candidate: Candidate, reference: Candidate, frames: Sequence[Frame], *, threads: int = 2
+) -> Fidelity:
+    """The fidelity ``compare`` reports (mAP@0.5 of ``candidate`` against ``reference``'s
+    detections) on frames the caller picked, possibly from several sources, without the sizes
+    and the memory measurement: the quick check that decides whether a model may replace
+    another."""
+    if not frames:
+        raise CompressError("fidelity needs at least one frame")
+    ref = _run(reference, frames, threads)
+    got = _run(candidate, frames, threads)
+    truths = [_above(p, ref.card_score) for p in ref.predictions]
+    predictions = got.predictions
+    if not any(truths):
+        predictions = [_above(p, got.card_score) for p in predictions]
+    m50, m5095 = coco_map(predictions, truths)
+    return Fidelity(
+        map50=round(m50, 4),
+        map5095=round(m5095, 4),
+        frames=len(frames),
+        reference_detections=sum(len(t) for t in truths),
+        detections=sum(len(_above(p, got.card_score)) for p in got.predictions),
+        reference_latency_ms_p50=round(float(np.percentile(ref.latencies, 50)), 2),
+        latency_ms_p50=round(float(np.percentile(got.latencies, 50)), 2),
+    )
 
 
 def _same(a: Candidate, b: Candidate) -> bool:

@@ -19,7 +19,8 @@ import numpy as np
 from agent.compress.derived import write_derived_card
 from agent.compress.frames import Frame, sample_frames
 from agent.compress.sensitive import KeptNode, find_sensitive
-from agent.detection.card import ModelCard, resolve_card
+from agent.detection.card import ModelCard, Quantization, resolve_card
+from agent.detection.detector import file_sha256
 from agent.detection.preprocess import Preprocessor
 from agent.errors import CompressError, EdgeAgentError
 
@@ -133,7 +134,7 @@ def quantize(
         feeds = calibration_feeds(model, src_card, frames)
     known = _node_names(model)
     if keep_float is None:
-        kept = find_sensitive(model, src_card.family, feeds)
+        kept = find_sensitive(model, src_card.family, _spread_feeds(feeds, SENSITIVE_FRAMES))
     else:
         unknown = [n for n in keep_float if n not in known]
         if unknown:
@@ -147,6 +148,28 @@ def quantize(
         shutil.move(staged, out)
     card_out = write_card(src_card, model, out, mode, kept, frames, calib, calibration)
     return QuantizeResult(out, card_out, mode, kept, [f.name for f in frames])
+
+
+# Range mixing is judged on at most this many of the calibration frames, spread over them: it
+# keeps every Concat activation of every frame it sees (32 frames of YOLOv8s: 5 GB), and the
+# ranges it compares differ by orders of magnitude, which a few frames show as well as many.
+SENSITIVE_FRAMES = 8
+CALIB_CHUNK = 4  # calibration frames whose activations are held in memory at once
+
+
+def _chunk(count: int) -> int:
+    """The largest chunk of at most CALIB_CHUNK frames that divides ``count`` (onnxruntime's
+    strided calibration wants equal chunks)."""
+    return next(size for size in range(min(CALIB_CHUNK, max(count, 1)), 0, -1) if count % size == 0)
+
+
+def _spread_feeds(
+    feeds: Sequence[dict[str, np.ndarray]], count: int
+) -> list[dict[str, np.ndarray]]:
+    if len(feeds) <= count:
+        return list(feeds)
+    picks = np.linspace(0, len(feeds) - 1, count).round().astype(int)
+    return [feeds[i] for i in picks]
 
 
 def _node_names(model: Path) -> dict[str, str]:
@@ -194,6 +217,11 @@ def _run_quantizer(
                     weight_type=QuantType.QInt8,
                     calibrate_method=methods[calibration],
                     nodes_to_exclude=exclude,
+                    # Calibrate CALIB_CHUNK frames at a time: the calibrators keep every
+                    # activation of the frames they are given (YOLOv8s at 640: about 0.4 GB a
+                    # frame), so 32 frames in one go took 14 GB; ranges and histograms merge
+                    # across chunks.
+                    extra_options={"CalibStridedMinMax": _chunk(len(feeds))},
                 )
             else:
                 quantize_dynamic(
@@ -226,4 +254,18 @@ def write_card(
         else "INT8 dynamic (weights quantized, activations at run time)"
     )
     kept_note = f"; {len(kept)} node(s) kept in float" if kept else "; whole graph quantized"
-    return write_derived_card(src, model, out, f"{how}{kept_note}", "quantize")
+    quantization = Quantization(
+        method=(
+            "INT8 static QDQ, per-channel s8 weights, u8 activations"
+            if mode == "static"
+            else "INT8 dynamic, weights only"
+        )
+        + kept_note.replace(";", ","),
+        calibration=(
+            f"{calibration} on {len(frames)} frames of {Path(calib).name if calib else '?'}"
+            if mode == "static"
+            else None
+        ),
+        reference=f"{model.name} (sha256 {file_sha256(model)})",
+    )
+    return write_derived_card(src, model, out, f"{how}{kept_note}", "quantize", quantization)

@@ -145,20 +145,28 @@ def find_sensitive(
 
 
 class FeedReader:
-    """The CalibrationDataReader protocol (get_next / rewind / iteration) over ready feeds."""
+    """The CalibrationDataReader protocol (get_next / rewind / iteration) over ready feeds, and
+    the ranges (``set_range``, ``len``) onnxruntime's strided calibration reads in chunks."""
 
     def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
         self._feeds = list(feeds)
         self._i = 0
+        self._end = len(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._i >= len(self._feeds):
+        if self._i >= self._end:
             return None
         self._i += 1
         return self._feeds[self._i - 1]
 
     def rewind(self) -> None:
-        self._i = 0
+        self._i, self._end = 0, len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._i, self._end = start_index, min(end_index, len(self._feeds))
 
     def __iter__(self) -> FeedReader:
         return self

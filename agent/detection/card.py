@@ -78,6 +78,23 @@ class Thresholds(_Strict):
     iou: float = Field(0.45, ge=0, le=1)
 
 
+class Quantization(_Strict):
+    """How a quantized model was made from its float original, and how closely it still finds
+    what the original finds (written by `model quantize`, `registry publish --int8-from` and
+    scripts/setup)."""
+
+    method: str = Field(description="e.g. INT8 static QDQ, per-channel s8 weights, u8 activations")
+    calibration: str | None = Field(None, description="calibration method and frames")
+    reference: str | None = Field(None, description="the float model: file name and sha256")
+    fidelity_map50: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="mAP@0.5 against the reference's detections, on frames not calibrated on",
+    )
+    fidelity_frames: str | None = Field(None, description="what the fidelity was measured on")
+
+
 class ModelCard(_Strict):
     name: str
     version: str = "0"
@@ -107,6 +124,7 @@ class ModelCard(_Strict):
     source: str | None = None
     license: str | None = None
     notes: str | None = None
+    quantization: Quantization | None = None
     assumed: list[str] = Field(
         default_factory=list, description="what was guessed because no card said it"
     )

@@ -12,13 +12,13 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from agent.detection.card import card_path_for, load_card
-from agent.errors import ManifestError, RegistryError, SignatureError
+from agent.errors import CompressError, ManifestError, RegistryError, SignatureError
 from agent.registry.manifest import (
     Index,
     IndexEntry,
@@ -39,6 +39,9 @@ from agent.registry.signing import (
     verify,
     write_atomic,
 )
+
+if TYPE_CHECKING:
+    from agent.compress.int8_default import Measured, Settings
 
 INDEX = "index.json"
 MANIFEST = "manifest.json"
@@ -133,6 +136,44 @@ def publish(
         write_atomic(registry / INDEX, dump_json(index))
         sign_file(registry / INDEX, private)
     return final / MANIFEST
+
+
+def publish_int8(
+    out: Path,
+    fp32: Path,
+    calib: Path,
+    registry: Path,
+    *,
+    name: str,
+    version: str,
+    key: Path,
+    settings: Settings | None = None,
+    extra_eval: Sequence[Path] = (),
+    card: Path | None = None,
+    **options: Any,
+) -> tuple[Path, Measured]:
+    """Quantize ``fp32`` to INT8 as ``out`` (calibrated on frames of ``calib``), measure its
+    fidelity against ``fp32`` on frames of ``calib`` it was not calibrated on (and
+    ``extra_eval``), and publish it with that fidelity in its card (``quantization``). Refused
+    below ``settings.min_fidelity``; ``options`` go to ``publish``."""
+    from agent.compress.int8_default import Settings, quantize_and_measure
+
+    settings = settings or Settings()
+    load_private_key(key)  # a bad key fails before minutes of quantizing
+    measured = quantize_and_measure(
+        Path(fp32), Path(out), Path(calib), settings, extra_eval=extra_eval, card=card
+    )
+    f = measured.choice.fidelity
+    if f is None:
+        raise CompressError(f"{out}: not published: {measured.choice.reason}")
+    if f.map50 < settings.min_fidelity:
+        raise CompressError(
+            f"{out}: not published: fidelity {f.map50:.3f} < {settings.min_fidelity:.2f} "
+            f"(mAP@0.5 against {Path(fp32).name}'s {f.reference_detections} detections on "
+            f"{f.frames} frames not used for calibration); --min-fidelity 0 publishes it anyway"
+        )
+    manifest = publish(Path(out), registry, name=name, version=version, key=key, **options)
+    return manifest, measured
 
 
 @contextlib.contextmanager
