@@ -67,6 +67,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "expect_thread_errors(reason): the test provokes errors logged by other threads on "
         "purpose; without it any such error fails the test",
     )
+    config.addinivalue_line(
+        "markers",
+        "slow: a long real-time scenario (a 15 s outage, a split failover, setup run twice); "
+        "scripts/test leaves it to scripts/test --slow to keep CI under 20 minutes",
+    )
 
 
 class _ThreadErrors(logging.Handler):

@@ -69,6 +69,7 @@ def test_demo_uses_a_fresh_folder_of_its_own_and_removes_it(
     assert not state.exists()  # a temporary folder, removed at the end
 
 
+@pytest.mark.slow
 def test_demo_state_option_keeps_the_folder_even_with_a_service_config(
     broker: LocalBroker, tmp_path: Path, assets: Path
 ) -> None:

@@ -167,6 +167,7 @@ def _corrupt_weight_scales(int8: Path, out: Path, factor: float) -> None:
     )
 
 
+@pytest.mark.slow
 def test_setup_keeps_fp32_when_its_int8_model_loses_the_detections(
     made: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -72,6 +72,7 @@ def assert_same(objects: list[dict[str, Any]], expected: list[Any]) -> None:
         assert abs(best["score"] - want.score) < 0.02
 
 
+@pytest.mark.slow
 def test_head_and_tail_agents_detect_like_one_and_survive_the_tail(
     broker, subscriber, write_config, run_agent, assets, photo_folder, mid_cut, expected, tmp_path
 ):
