@@ -144,17 +144,23 @@ def supervised(
 
 
 class ProcessUsage:
-    """CPU percent since the previous call (of one core: 200 = two cores busy), RSS in MB."""
+    """CPU percent (of one core: 200 = two cores busy) over the last ``window_s`` to
+    ``2 * window_s``, whoever asks and however often (MQTT metrics, a Prometheus scrape, the web
+    page): a frequent reader does not shrink the others' window to a fraction of a second. RSS
+    in MB."""
 
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self._last_wall = self.started
-        self._last_cpu = time.process_time()
+    def __init__(self, window_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 cpu_clock: Callable[[], float] = time.process_time) -> None:
+        self._clock, self._cpu_clock = clock, cpu_clock
+        self.window_s = window_s
+        self.started = clock()
+        self._older = self._newer = (self.started, cpu_clock())
 
     def cpu_percent(self) -> float:
-        wall, cpu = time.monotonic(), time.process_time()
-        dw, dc = wall - self._last_wall, cpu - self._last_cpu
-        self._last_wall, self._last_cpu = wall, cpu
+        wall, cpu = self._clock(), self._cpu_clock()
+        if wall - self._newer[0] >= self.window_s:
+            self._older, self._newer = self._newer, (wall, cpu)
+        dw, dc = wall - self._older[0], cpu - self._older[1]
         return round(100.0 * dc / dw, 1) if dw > 0 else 0.0
 
     @staticmethod

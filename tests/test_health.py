@@ -274,3 +274,23 @@ def test_a_dead_outbox_drainer_stops_the_watchdog_and_the_status_names_it(
         runner.join(30)
         sub.close()
     assert not runner.is_alive()
+
+
+def test_cpu_percent_window_is_not_shrunk_by_a_frequent_reader() -> None:
+    from agent.health import ProcessUsage
+
+    now = {"wall": 0.0, "cpu": 0.0}
+    usage = ProcessUsage(window_s=5.0, clock=lambda: now["wall"], cpu_clock=lambda: now["cpu"])
+
+    def at(wall: float, cpu: float) -> float:
+        now["wall"], now["cpu"] = wall, cpu
+        return usage.cpu_percent()
+
+    # Busy for 10 s (one core), then idle: a reader every 10 s sees each period on its own.
+    assert at(10.0, 10.0) == 100.0
+    assert at(20.0, 10.0) == 0.0
+    # A scrape every 0.5 s during a busy second: never a window of 0.5 s (which would say 100)
+    # but one of 5 to 10 s.
+    readings = [at(20.0 + 0.5 * i, 10.0 + min(0.5 * i, 1.0)) for i in range(1, 21)]
+    assert max(readings) <= 100.0 * 1.0 / 5.0 + 0.1, readings
+    assert all(r >= 0.0 for r in readings)
