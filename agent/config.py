@@ -527,7 +527,7 @@ def split_listen(listen: str) -> tuple[str, int]:
     else:
         host, _, port_text = text.partition(":")
         port_text = port_text or str(WEB_PORT)
-    if not host:
+    if not host or host.isdigit():  # ":8971", "8971": a port alone
         raise ValueError(f"{listen!r}: no address (e.g. 127.0.0.1:{WEB_PORT}, 0.0.0.0:{WEB_PORT})")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{listen!r}: the port must be a number from 1 to 65535")
@@ -950,9 +950,10 @@ def web_token(config: WebConfig, environ: dict[str, str] | None = None) -> str |
         path = config.token_file
     else:
         cred_dir = env.get("CREDENTIALS_DIRECTORY")
-        if not cred_dir or not (Path(cred_dir) / "web-token").is_file():
+        path = Path(cred_dir or ".") / "web-token"
+        # An empty credential is a placeholder (an installer's), as for mqtt-password: no token.
+        if not cred_dir or not path.is_file() or path.stat().st_size == 0:
             return None
-        path = Path(cred_dir) / "web-token"
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
