@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,8 @@ MAX_STREAMS = 8
 MAX_TARGET = 2048
 #: seconds a client may take to send its request, or to take the next part of a stream
 CLIENT_TIMEOUT_S = 10.0
+#: kernel send buffer of a stream: what a viewer that stops reading can hold up (Linux doubles it)
+STREAM_SNDBUF = 128 * 1024
 BOUNDARY = "edge-agent-frame"
 _HEADERS = (
     ("Cache-Control", "no-store"),
@@ -67,8 +70,12 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver prints a traceback to stderr: a client that went away is not news
-        log.debug("web: a request from %s failed", client_address[0], exc_info=True)
+        # socketserver would print a traceback to stderr: a client that went away is not news,
+        # anything else is a bug to log
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            log.debug("web: the connection of %s broke", client_address[0], exc_info=True)
+        else:
+            log.exception("web: a request from %s failed", client_address[0])
 
     def service_actions(self) -> None:
         # serve_forever calls this at every poll: the server's pulse for the watchdog
@@ -119,7 +126,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(error(413, "requests with a body are not accepted"))
             return
         url = urlsplit(self.path)
-        query = parse_qs(url.query, max_num_fields=16)
+        try:
+            query = parse_qs(url.query, max_num_fields=16)
+        except ValueError:
+            self._send(error(400, "more than 16 query parameters"))
+            return
         if not web.routes.is_public(url.path) and not web.auth.allows(
             self.headers.get("Authorization"),
             query.get("access_token", [None])[-1],
@@ -159,6 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
             for name, value in _HEADERS:
@@ -188,9 +200,11 @@ class _Handler(BaseHTTPRequestHandler):
                     + encoded.jpeg
                     + b"\r\n"
                 )
-        except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
+        except (ConnectionError, TimeoutError) as exc:
             # the viewer left, or stopped reading for CLIENT_TIMEOUT_S: its thread ends
             log.debug("web: stream of %s to %s ended: %r", camera, self.client_address[0], exc)
+        except Exception:  # a bug: this stream ends, the server and the camera go on
+            log.exception("web: the stream of %s failed", camera)
 
     def version_string(self) -> str:
         return "edge-agent"  # not the Python version: nothing for a scanner to match
