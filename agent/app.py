@@ -331,6 +331,8 @@ class Agent:
         for camera in self.cameras:
             name = "source" if self.cameras.single else f"source {camera.name}"
             self.health.watch(name, camera.source.stalled_for)
+        if self.live_frames is not None:  # still frames too: the live view never freezes
+            self.pipeline.on_still = self.live_frames.keep_still
         pipeline = self.pipeline
         self.health.watch("pipeline", pipeline.stalled_for, alive=lambda: pipeline.alive)
         self.cameras.start()

@@ -211,13 +211,13 @@ def label_problems(config: Config) -> list[Problem]:
     ]
 
 
-def web_problems(config: Config) -> list[Problem]:
+def web_problems(config: Config, environ: dict[str, str] | None = None) -> list[Problem]:
     """A token file that cannot be read (or is too short), and ``web.listen`` beyond loopback
     without a token: anyone on the network would see the cameras."""
     if config.web is None:
         return []
     try:
-        token = web_token(config.web)
+        token = web_token(config.web, environ)
     except ConfigError as exc:
         return [(("web", "token_file"), str(exc))]
     if token is None and not config.web.loopback:

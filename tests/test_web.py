@@ -405,3 +405,18 @@ def test_a_frame_is_encoded_once_however_many_ask_and_only_when_asked() -> None:
     assert frames.wait_newer("main", 2, timeout=0.1) == 3
     newer = frames.jpeg("main")
     assert newer is not None and newer.seq == 3 and frames.encodes == 2
+
+
+def test_a_frame_the_motion_gate_keeps_from_the_model_is_shown_with_the_latest_boxes() -> None:
+    frames = LiveFrames(["main"], lambda name: None)
+    still = Frame(7, time.time(), np.full((64, 64, 3), 90, np.uint8), "test")
+    frames.keep_still("main", still)
+    assert frames.jpeg("main") is None  # no model run yet: nothing to show
+    box = (0.1, 0.1, 0.9, 0.9)
+    frames.keep(_result(np.zeros((64, 64, 3), np.uint8), [Detection("person", 0, 0.9, box)]))
+    frames.keep_still("main", still)
+    shown = frames.jpeg("main")
+    assert shown is not None and shown.seq == 2
+    image = _jpeg(shown.jpeg)
+    assert abs(int(image[32, 32, 1]) - 90) < 8  # the still frame's own pixels
+    assert image[int(0.9 * 64) - 1, 32, 1] > 150  # and the last run's box, in green

@@ -1,9 +1,10 @@
-"""Each camera's latest processed frame for the local page: kept by reference on the pipeline's
-thread (no copy, no drawing, no encoding there), drawn and JPEG-encoded on a web thread only when
-someone asks, once per frame however many watch."""
+"""Each camera's latest frame for the local page: kept by reference on the pipeline's thread (no
+copy, no drawing, no encoding there), with the boxes and tracks of the latest model run, drawn
+and JPEG-encoded on a web thread only when someone asks, once per frame however many watch."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import numpy as np
 from agent.config import CameraConfig, Mask
 from agent.detection.draw import annotate
 from agent.pipeline import Result
+from agent.sources import Frame
 from agent.tracking.types import TrackedObject
 
 JPEG_QUALITY = 80
@@ -101,6 +103,18 @@ class LiveFrames:
             before = self._latest.get(result.camera)
             seq = before.seq + 1 if before is not None else 1
             self._latest[result.camera] = _Latest(result, tuple(tracks), seq)
+            self._cond.notify_all()
+
+    def keep_still(self, camera: str, frame: Frame) -> None:
+        """A frame the motion gate kept from the model: shown with the latest run's boxes
+        (nothing moved, so they still stand), so the live view never freezes on a still
+        scene."""
+        with self._cond:
+            before = self._latest.get(camera)
+            if before is None:
+                return  # no model run yet: nothing to draw on it
+            result = dataclasses.replace(before.result, frame=frame)
+            self._latest[camera] = _Latest(result, before.tracks, before.seq + 1)
             self._cond.notify_all()
 
     def seq(self, camera: str) -> int:
