@@ -6,6 +6,7 @@ refuses to start: exit 78)."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -222,6 +223,23 @@ def test_metrics_are_served_in_the_prometheus_format_and_the_latency_histogram_f
     wait_for(lambda: latency_count() > first, 60, "a new inference in the histogram")
     frames = families()["edge_agent_camera_frames"].samples
     assert [s.labels for s in frames if s.name.endswith("_total")] == [{"camera": "main"}]
+
+
+def test_the_agent_stops_cleanly_while_someone_watches(page: WebAgent) -> None:
+    """Last of the tests on ``page``: it stops that agent."""
+    sock = _open_stream(page.port)
+    reader = sock.makefile("rb")
+    try:
+        assert b" 200 " in reader.readline()
+        wait_for(lambda: page.status()["web"]["streams"] == 1, 10, "an open stream")
+        page.process.signal(signal.SIGTERM)
+        assert page.process.wait(30) == 0
+        assert reader.read() is not None  # the server closed the stream: read to its end
+    finally:
+        reader.close()
+        sock.close()
+    out = page.process.output()
+    assert "Traceback" not in out and " ERROR " not in out, out
 
 
 # --- a cheap model at a steady 5 fps, the page beyond loopback with a token -------------------
