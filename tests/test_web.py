@@ -144,6 +144,8 @@ def test_unknown_cameras_events_and_pages_are_404_with_a_json_error(page: WebAge
 def test_only_small_get_and_head_requests_without_cors(page: WebAgent) -> None:
     head = page.get("/api/status", method="HEAD")
     assert head.status == 200 and head.body == b"" and int(head.headers["Content-Length"]) > 0
+    head = page.get("/api/cameras/main/stream.mjpeg", method="HEAD")
+    assert head.status == 200 and head.headers["Content-Type"].startswith("multipart/x-mixed-replace")
     for method in ("POST", "PUT", "DELETE", "OPTIONS"):
         resp = page.get("/api/status", method=method, headers={"Origin": "http://evil.example"})
         assert resp.status == 405 and resp.headers["Allow"] == "GET, HEAD", method
@@ -242,16 +244,19 @@ def test_the_agent_stops_cleanly_while_someone_watches(page: WebAgent) -> None:
     assert "Traceback" not in out and " ERROR " not in out, out
 
 
-# --- a cheap model at a steady 5 fps, the page beyond loopback with a token -------------------
+# --- two cameras, a cheap model at a steady 5 fps, the page beyond loopback with a token -------------------
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebAgent]:
     folder = tmp_path_factory.mktemp("web-token")
+    # every frame runs the model (no motion gate): the count of runs is the pipeline's pace
+    camera = {"source": {"uri": str(BIKES), "fps": 5, "loop": True}, "motion": {"enabled": False}}
     config = {
-        # every frame runs the model (no motion gate): the count of runs is the pipeline's pace
-        "source": {"uri": str(BIKES), "fps": 5, "loop": True},
-        "motion": {"enabled": False},
+        "cameras": {
+            "main": camera,
+            "side": {**camera, "zones": {"kerb": {"polygon": [[0, 0.9], [1, 0.9], [1, 1], [0, 1]]}}},
+        },
         "model": {"path": str(FACE), "threads": 1},
         "publish": {"detections": "every_frame", "metrics_interval_s": 1},
         "events": {"enabled": False},
@@ -281,6 +286,18 @@ def test_beyond_loopback_the_api_needs_the_token_and_a_wrong_one_is_logged_once_
     wrong = [line for line in log.splitlines() if "wrong token" in line]
     assert len(wrong) == 1 and "127.0.0.1" in wrong[0], wrong  # 4 wrong requests, one line
     assert TOKEN not in log and "wrong-token-0123456789" not in log
+
+
+def test_each_camera_has_its_figures_its_view_and_its_own_zones(guarded: WebAgent) -> None:
+    cameras = guarded.status()["metrics"]["cameras"]
+    assert set(cameras) == {"main", "side"}
+    wait_for(lambda: guarded.camera("side")["frames"] > 0, 30, "a frame of camera side")
+    views = {name: _jpeg(guarded.get(f"/api/cameras/{name}/latest.jpg").body) for name in cameras}
+    row = views["side"][int(0.9 * 272)].astype(int)  # camera side's zone edge; main has none
+    assert ((row[:, 0] > 170) & (row[:, 2] < 110)).mean() > 0.9
+    row = views["main"][int(0.9 * 272)].astype(int)
+    assert ((row[:, 0] > 170) & (row[:, 2] < 110)).mean() < 0.5
+    assert guarded.get("/api/events?camera=side").json() == {"events": []}  # events are off
 
 
 def test_a_stream_viewer_that_never_reads_does_not_slow_the_pipeline(guarded: WebAgent) -> None:
