@@ -3,6 +3,7 @@ prometheus_client's own parser, from a fake ``B/metrics`` dict and from a real r
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from agent.localbroker import LocalBroker
 from agent.pipeline import Result
 from agent.sources import Frame
 from agent.web.metrics import LATENCY_BUCKETS_S, PromMetrics
-from tests.conftest import MEDIA, Subscriber
+from tests.conftest import MEDIA, ROOT, Subscriber
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -153,6 +154,15 @@ def test_two_agents_in_one_process_keep_their_own_figures() -> None:
     assert value(sb, "edge_agent_events_sent_total") == 2
     assert value(sa, f"{LATENCY}_count", camera="main") == 1
     assert value(sb, f"{LATENCY}_count", camera="main") is None
+
+
+def test_the_readme_lists_every_metric_by_the_name_it_has() -> None:
+    body, _ = PromMetrics(dict).exposition()
+    exposed = set(re.findall(r"^# TYPE (edge_agent_\w+)", body.decode(), re.MULTILINE))
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n### Prometheus metrics\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(edge_agent_\w+)", section, re.MULTILINE))
+    assert listed == exposed
 
 
 # --- on a real running agent -----------------------------------------------------------------
