@@ -93,8 +93,8 @@ def _number(value: Any) -> float | None:
 
 
 class _AgentCollector(Collector):
-    """Reads ``source()`` once per scrape; whatever it lacks (before the pipeline starts, a camera
-    not yet running) is left out rather than reported as 0."""
+    """Reads ``source()`` once per scrape. Every family is always declared; a figure the source
+    lacks (before the pipeline starts, a camera not yet running) has no sample rather than a 0."""
 
     def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
         self._source = source
@@ -117,11 +117,15 @@ class _AgentCollector(Collector):
     @staticmethod
     def _agent(figures: Mapping[str, Any]) -> Iterator[Metric]:
         for key, name, kind, doc, factor in _AGENT_FIGURES:
+            family: CounterMetricFamily | GaugeMetricFamily = (
+                CounterMetricFamily(PREFIX + name, doc, labels=[])
+                if kind == "counter"
+                else GaugeMetricFamily(PREFIX + name, doc, labels=[])
+            )
             value = _number(figures.get(key))
-            if value is None:
-                continue
-            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            yield family(PREFIX + name, doc, value=value * factor)
+            if value is not None:
+                family.add_metric([], value * factor)
+            yield family
 
     @staticmethod
     def _cameras(cameras: Mapping[str, Any]) -> Iterator[Metric]:
