@@ -4,6 +4,10 @@ each in a fresh interpreter with numpy and OpenCV already loaded, as in the agen
 
     python scripts/web_library_rss.py stdlib|aiohttp     # prints one JSON line
 
+aiohttp is no dependency of the agent: run the comparison in a throwaway venv
+(``python -m venv /tmp/v && /tmp/v/bin/pip install aiohttp numpy opencv-python-headless``). The
+client (urllib) runs in the same process for both, so both figures include it.
+
 The figure chose the web page's server (README "Web page")."""
 
 from __future__ import annotations
