@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from tests.web_helpers import BIKES, PERSON, WebAgent, module_broker, wait_for, web_agent
+from tests.web_helpers import BIKES, FACE, PERSON, WebAgent, module_broker, wait_for, web_agent
 
 PACKAGES = ("chromium", "chromium-driver")  # Debian's names
 
@@ -154,3 +154,48 @@ def test_the_page_shows_a_live_view_that_changes_and_events_with_snapshots(
     small = cv2.resize(shot[: rows.max() + 12], None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
     cv2.imwrite(str(folder / "web-page-small.png"), (small >> 3) << 3,
                 [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+
+TOKEN = "browser-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebAgent]:
+    folder = tmp_path_factory.mktemp("web-browser-token")
+    config = {
+        "source": {"uri": str(BIKES), "fps": 5, "loop": True},
+        "model": {"path": str(FACE)},
+        "events": {"enabled": False},
+    }
+    with module_broker() as broker, web_agent(
+        folder, broker, config, token=TOKEN, listen_host="0.0.0.0"
+    ) as running:
+        yield running
+
+
+def test_with_a_token_the_page_asks_for_it_once_and_then_shows_the_cameras(
+    guarded: WebAgent, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    def live_loaded() -> bool:
+        return bool(browser.execute_script(
+            "const i = document.querySelector('img.live');"
+            "return !!i && i.complete && i.naturalWidth === 640"))
+
+    browser.get(f"http://127.0.0.1:{guarded.port}/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    form = wait_for(lambda: browser.find_element(By.ID, "login").is_displayed(), 30,
+                    "the token form")
+    assert form and not live_loaded()
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    wait_for(live_loaded, 30, "the live view after the token", guarded.process)
+    # handed over in the address: the fragment, never sent to the server, is dropped at once
+    browser.execute_script("sessionStorage.clear()")
+    browser.get("about:blank")  # a fresh start of the page, as a link opens it
+    browser.get(f"http://127.0.0.1:{guarded.port}/#token={TOKEN}")
+    wait_for(live_loaded, 30, "the live view with the token from the address", guarded.process)
+    assert "#token" not in browser.current_url
+    assert not browser.find_element(By.ID, "login").is_displayed()

@@ -6,11 +6,20 @@ const POLL_MS = 2000;
 let token = sessionStorage.getItem("edge-agent-token") || "";
 
 // A token handed over in the address (#token=...) never reaches a server log or a Referer.
-if (location.hash.startsWith("#token=")) {
+function tokenFromAddress() {
+  if (!location.hash.startsWith("#token=")) return false;
   token = decodeURIComponent(location.hash.slice(7));
   sessionStorage.setItem("edge-agent-token", token);
   history.replaceState(null, "", location.pathname);
+  return true;
 }
+tokenFromAddress();
+window.addEventListener("hashchange", () => {
+  if (!tokenFromAddress()) return;
+  document.getElementById("login").hidden = true;
+  for (const img of document.querySelectorAll("img.live")) img.remove();
+  tick();
+});
 
 function withToken(url) {
   return token ? url + (url.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(token) : url;
