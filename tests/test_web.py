@@ -455,3 +455,11 @@ def test_a_frame_the_motion_gate_keeps_from_the_model_is_shown_with_the_latest_b
     image = _jpeg(shown.jpeg)
     assert abs(int(image[32, 32, 1]) - 90) < 8  # the still frame's own pixels
     assert image[int(0.9 * 64) - 1, 32, 1] > 150  # and the last run's box, in green
+
+
+def test_a_changed_web_section_waits_for_the_restart_on_sighup() -> None:
+    from agent.live_config import LiveConfig
+
+    live = LiveConfig(parse_config('web: {listen: "127.0.0.1:8971"}\n'))
+    assert live.reload(parse_config('web: {listen: "127.0.0.1:8972"}\n')) == ["web"]
+    assert live.config.web is not None and live.config.web.listen == "127.0.0.1:8971"
