@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from agent.registry.updater import Job, Updater, UpdateState
     from agent.split.head import SplitHead
     from agent.tracking.store import EventStore
+    from agent.web.frames import LiveFrames
+    from agent.web.metrics import PromMetrics
+    from agent.web.server import WebServer
 
 log = logging.getLogger("agent.app")
 
@@ -135,6 +138,39 @@ class Agent:
             )
         )
         self.slot.subscribe(self._on_model_change)
+        self.web: WebServer | None = None
+        self.live_frames: LiveFrames | None = None
+        self.prometheus: PromMetrics | None = None
+        if self.config.web is not None:
+            self._make_web()
+
+    def _make_web(self) -> None:
+        """The local page (imported here: a device without ``web:`` never loads it), bound now
+        so a port in use stops the start before the model loads; it serves from ``start``."""
+        from agent.config import web_token
+        from agent.web.frames import LiveFrames
+        from agent.web.metrics import PromMetrics
+        from agent.web.routes import WebSources
+        from agent.web.server import WebServer
+
+        assert self.config.web is not None
+        self.live_frames = LiveFrames(
+            [camera.name for camera in self.cameras],
+            lambda name: self.config.camera_configs().get(name),
+        )
+        self.prometheus = PromMetrics(self.metrics)
+        sources = WebSources(
+            status=lambda: json.loads(self.publisher.status_payload("online")),
+            metrics=self.metrics,
+            model=lambda: json.loads(
+                model_message(self.slot, self.updater.state if self.updater else None)
+            ),
+            mqtt_connected=self.publisher.connected.is_set,
+            frames=self.live_frames,
+            events=self.event_store,
+            prometheus=self.prometheus.exposition,
+        )
+        self.web = WebServer(self.config.web, sources, web_token(self.config.web))
 
     @property
     def config(self) -> Config:
@@ -165,6 +201,10 @@ class Agent:
             )
             if frame_events:
                 self.events.publish(camera.topic_name, frame_events)
+        if self.live_frames is not None:  # references only: the web thread draws and encodes
+            self.live_frames.keep(result, camera.events.tracks if camera.events else ())
+        if self.prometheus is not None:
+            self.prometheus.observe(result)
         if not camera.on_change.due(result, self.config.publish):
             return
         frame = result.frame
@@ -291,12 +331,16 @@ class Agent:
         for camera in self.cameras:
             name = "source" if self.cameras.single else f"source {camera.name}"
             self.health.watch(name, camera.source.stalled_for)
+        if self.live_frames is not None:  # still frames too: the live view never freezes
+            self.pipeline.on_still = self.live_frames.keep_still
         pipeline = self.pipeline
         self.health.watch("pipeline", pipeline.stalled_for, alive=lambda: pipeline.alive)
         self.cameras.start()
         self.pipeline.start()
         if self.updater is not None:
             self.updater.start(self.health.register("updater"))
+        if self.web is not None:
+            self.web.start(self.health.register("web"))
 
     def _close_events(self) -> None:
         """Every open event ends (a clean stop), every count goes to 0: queued like any other
@@ -428,6 +472,8 @@ class Agent:
     def stop(self) -> None:
         """Stop taking frames, deliver the queue (up to ``service.stop_flush_s``), say "stopped"."""
         self._stop.set()
+        if self.web is not None:
+            self.web.stop()  # first: nobody reads the parts that stop next
         if self.updater is not None:
             self.updater.stop()
         self.cameras.stop()

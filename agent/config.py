@@ -5,6 +5,7 @@ that was probably meant when one is unknown."""
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import socket
@@ -506,6 +507,74 @@ class SplitConfig(Section):
         return self
 
 
+#: the web page's port when ``web.listen`` names none (DESIGN.md section 7)
+WEB_PORT = 8971
+#: a shorter bearer token is refused: it could be guessed
+WEB_TOKEN_MIN = 16
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8971"`` -> ``("127.0.0.1", 8971)``; ``"[::1]:8971"`` -> ``("::1", 8971)``;
+    a bare host gets port 8971. ValueError with the reason for anything else."""
+    text = listen.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{listen!r}: an IPv6 address is written [ADDRESS]:PORT")
+        port_text = rest[1:] if rest else str(WEB_PORT)
+    elif text.count(":") > 1:
+        raise ValueError(f"{listen!r}: an IPv6 address is written [ADDRESS]:PORT")
+    else:
+        host, _, port_text = text.partition(":")
+        port_text = port_text or str(WEB_PORT)
+    if not host or host.isdigit():  # ":8971", "8971": a port alone
+        raise ValueError(f"{listen!r}: no address (e.g. 127.0.0.1:{WEB_PORT}, 0.0.0.0:{WEB_PORT})")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{listen!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host`` (127.0.0.0/8, ::1, localhost): no token needed.
+    A host name other than localhost is not resolved (validation does no I/O) and counts as
+    reachable from the network."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebConfig(Section):
+    """The local web page (DESIGN.md section 10)."""
+
+    listen: str = Field(
+        f"127.0.0.1:{WEB_PORT}",
+        description="ADDRESS:PORT the page listens on ([ADDRESS]:PORT for IPv6); beyond "
+        "loopback a token is required (token_file or $CREDENTIALS_DIRECTORY/web-token)",
+    )
+    token_file: Path | None = Field(
+        None,
+        description="file holding the bearer token the API and /metrics require; default: "
+        "$CREDENTIALS_DIRECTORY/web-token (systemd LoadCredential=)",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        split_listen(value)
+        return value.strip()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return split_listen(self.listen)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.address[0])
+
+
 class Config(Section):
     device_id: str = Field(
         default_factory=socket.gethostname, description="device name in topics; default: host name"
@@ -543,6 +612,9 @@ class Config(Section):
     registry: RegistryConfig | None = Field(None, description="model updates; absent = off")
     split: SplitConfig = Field(
         default_factory=SplitConfig, description="split inference across two devices"
+    )
+    web: WebConfig | None = Field(
+        None, description="the local web page, JSON API and /metrics; absent = off"
     )
 
     @field_validator("masks")
@@ -821,6 +893,8 @@ def relative_to(config: Config, base: Path) -> Config:
         if config.registry.url.startswith("file://") is False and "://" not in config.registry.url:
             config.registry.url = (base / config.registry.url).resolve().as_uri() + "/"
     config.mqtt.password_file = fix(config.mqtt.password_file)
+    if config.web is not None:
+        config.web.token_file = fix(config.web.token_file)
     if config.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             setattr(config.mqtt.tls, name, fix(getattr(config.mqtt.tls, name)))
@@ -865,3 +939,29 @@ def mqtt_password(config: MqttConfig, environ: dict[str, str] | None = None) -> 
     if cred_dir and (Path(cred_dir) / "mqtt-password").is_file():
         return (Path(cred_dir) / "mqtt-password").read_text(encoding="utf-8").strip()
     return env.get(f"{ENV_PREFIX}MQTT_PASSWORD")
+
+
+def web_token(config: WebConfig, environ: dict[str, str] | None = None) -> str | None:
+    """The web page's bearer token: ``web.token_file``, else systemd's credential
+    ``$CREDENTIALS_DIRECTORY/web-token``; None when neither is set. ConfigError (naming the
+    file) when the file cannot be read or holds no token."""
+    env = dict(os.environ) if environ is None else environ
+    if config.token_file is not None:
+        path = config.token_file
+    else:
+        cred_dir = env.get("CREDENTIALS_DIRECTORY")
+        path = Path(cred_dir or ".") / "web-token"
+        # An empty credential is a placeholder (an installer's), as for mqtt-password: no token.
+        if not cred_dir or not path.is_file() or path.stat().st_size == 0:
+            return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"token file {str(path)!r} cannot be read: {reason}") from exc
+    if len(token) < WEB_TOKEN_MIN:
+        raise ConfigError(
+            f"token file {str(path)!r} holds {len(token)} characters, at least "
+            f"{WEB_TOKEN_MIN} are needed (e.g. openssl rand -hex 32 > FILE)"
+        )
+    return token

@@ -18,7 +18,9 @@ log = logging.getLogger("agent.live_config")
 # The sections that change while running (a source only its fps; with ``cameras:`` each
 # camera's fps, motion and masks); anything else takes effect at the next restart.
 LIVE_SECTIONS = ("detection", "source", "motion", "masks", "objects", "publish", "cameras")
-RESTART_SECTIONS = ("device_id", "model", "mqtt", "store", "homeassistant", "split", "events")
+RESTART_SECTIONS = (
+    "device_id", "model", "mqtt", "store", "homeassistant", "split", "events", "web"
+)
 
 
 def _camera_live(cam: CameraConfig) -> dict[str, Any]:

@@ -214,6 +214,9 @@ class Pipeline:
         self.slot = model if isinstance(model, ModelSlot) else ModelSlot.holding(model)
         self.settings = settings or DetectorSettings()
         self.on_result = on_result
+        #: called with (camera, frame) for each frame the motion gate keeps from the model (the
+        #: local page's live view shows it with the latest boxes); must only keep a reference
+        self.on_still: Callable[[str, Frame], None] | None = None
         self.stats = Stats()
         self._slot: _Prepared | None = None
         self._cond = threading.Condition()
@@ -335,6 +338,8 @@ class Pipeline:
                 if still and time.monotonic() - feed.last_to_model < self._recheck_s(feed):
                     stats.skipped()
                     self.stats.skipped()
+                    if self.on_still is not None:
+                        self.on_still(feed.name, frame)
                     continue
                 detector = self.slot.detector
                 started = time.monotonic()

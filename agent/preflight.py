@@ -1,7 +1,8 @@
 """What a config asks of this machine, checked before the agent starts (``preflight``) and by
 ``edge-agent check-config`` (``check_config_file``): folders that must be writable, a source URI
 that names a known kind, trusted keys that load, labels the model has, a runtime that is
-installed (and for OpenVINO, check-config only: a device it finds).
+installed (and for OpenVINO, check-config only: a device it finds), a web page beyond loopback
+with its token.
 
 Validation (``agent.config``) does no I/O; these checks do, and each problem is one line
 ``FILE:LINE: key: problem``. What fails here is something a restart cannot fix, so ``run`` exits
@@ -22,6 +23,7 @@ from agent.config import (
     env_variable,
     parse_config,
     relative_to,
+    web_token,
     where,
 )
 from agent.errors import ConfigError, EdgeAgentError
@@ -209,6 +211,27 @@ def label_problems(config: Config) -> list[Problem]:
     ]
 
 
+def web_problems(config: Config, environ: dict[str, str] | None = None) -> list[Problem]:
+    """A token file that cannot be read (or is too short), and ``web.listen`` beyond loopback
+    without a token: anyone on the network would see the cameras."""
+    if config.web is None:
+        return []
+    try:
+        token = web_token(config.web, environ)
+    except ConfigError as exc:
+        return [(("web", "token_file"), str(exc))]
+    if token is None and not config.web.loopback:
+        return [
+            (
+                ("web", "listen"),
+                f"{config.web.listen} is reachable beyond this machine and no token is set: "
+                "put one in a file named by web.token_file (or systemd's credential web-token), "
+                "or listen on 127.0.0.1",
+            )
+        ]
+    return []
+
+
 def format_problems(problems: list[Problem], source: str, text: str = "") -> list[str]:
     """``FILE:LINE: key: problem`` lines (``environment VAR: key: problem`` for a key an
     environment variable set)."""
@@ -233,6 +256,7 @@ def preflight(config: Config, config_path: str | Path | None = None) -> None:
     that cannot be written, an unknown source scheme, a trusted key that does not load, the
     openvino runtime without its package."""
     problems = runtime_problems(config, devices=False) + key_problems(config)
+    problems += web_problems(config)
     if config.split.role != "tail":  # a tail has no camera and keeps no state
         problems = store_problems(config) + source_problems(config, files=False) + problems
     if not problems:
@@ -261,6 +285,7 @@ def check_config_file(path: Path) -> list[str]:
         return str(exc).splitlines()
     problems = check_files(config, str(path), text)
     found = runtime_problems(config) + key_problems(config) + label_problems(config)
+    found += web_problems(config)
     if config.split.role != "tail":
         found = store_problems(config) + source_problems(config) + found
     return problems + format_problems(found, str(path), text)

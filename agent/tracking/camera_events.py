@@ -14,6 +14,7 @@ from agent.detection import Detection
 from agent.tracking.events import EventBuilder, FrameEvents
 from agent.tracking.filters import ObjectFilters
 from agent.tracking.tracker import Tracker, TrackerSettings
+from agent.tracking.types import TrackedObject
 from agent.tracking.zones import Zones
 
 
@@ -41,12 +42,15 @@ class CameraEvents:
         self.builder = EventBuilder(
             camera, Zones(config.zones), events.update_interval_s, labels=labels
         )
+        #: the live tracks after the latest model run (the local page draws their ids)
+        self.tracks: tuple[TrackedObject, ...] = ()
 
     def process(
         self, detections: Sequence[Detection], ts: float, image: npt.NDArray[np.uint8] | None
     ) -> FrameEvents:
         """One model run: what it changed in events, counts and best snapshots."""
         tracks = self.tracker.update(self.filters.apply(detections), ts)
+        self.tracks = tuple(tracks.active)
         return self.builder.update(tracks, ts, image)
 
     def close(self, ts: float) -> FrameEvents:

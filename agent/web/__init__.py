@@ -1,0 +1,1 @@
+"""The optional local web part (`web:` section): the page, its JSON API and `/metrics`."""
