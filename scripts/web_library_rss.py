@@ -1,6 +1,6 @@
 """What an HTTP library adds to a process's RSS, serving the agent's kind of load (a JSON body,
-a 200 KB JPEG of noise, an MJPEG stream of it): the standard library's ThreadingHTTPServer against aiohttp,
-each in a fresh interpreter with numpy and OpenCV already loaded, as in the agent.
+a 200 KB JPEG of noise, an MJPEG stream of it): the standard library's ThreadingHTTPServer
+against aiohttp, each in a fresh interpreter with numpy and OpenCV already loaded, as in the agent.
 
     python scripts/web_library_rss.py stdlib|aiohttp     # prints one JSON line
 
