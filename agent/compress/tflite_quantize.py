@@ -1,0 +1,235 @@
+"""Full-integer (static INT8) quantization of TFLite detectors with AI Edge Quantizer: int8
+weights (per channel) and int8 activations calibrated on real frames through the card's own
+preprocessing; integer input and outputs, so the graph runs on integer-only accelerators.
+
+fp16 and sparse weights (MediaPipe's detectors) are first folded into an fp32 graph
+(``agent.compress.tflite_graph``). The input's range is the card's exact pixel range, so the
+runtime's quantization of a frame is lossless (0..255 -> -128..127). The ops whose INT8 output
+strays from the float model's on the calibration frames are kept in float
+(``agent.compress.tflite_sensitive``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.compress.frames import Frame, sample_frames
+from agent.compress.tflite_graph import SIGNATURE, FloatModel, IntegerIO, float_model, integer_io
+from agent.detection.card import ModelCard, Quantization, resolve_card
+from agent.detection.detector import file_sha256
+from agent.detection.preprocess import Preprocessor
+from agent.errors import CompressError, EdgeAgentError
+
+
+def quantizer_available() -> str | None:
+    """None when AI Edge Quantizer can be imported, else why not (for the error and test skips)."""
+    try:
+        import ai_edge_quantizer  # noqa: F401
+    except ImportError as exc:
+        return f"ai-edge-quantizer is not installed ({exc}): pip install 'edge-agent[tflite-quant]'"
+    return None
+
+
+@dataclass(frozen=True)
+class KeptOp:
+    """An op left in float, and the reason."""
+
+    name: str  # its first output tensor's name, as AI Edge Quantizer's recipes match ops
+    op_type: str
+    reason: str
+
+
+@dataclass
+class TFLiteQuantizeResult:
+    model: Path
+    card: Path
+    kept: list[KeptOp]
+    io: IntegerIO
+    folded: dict[str, int]
+    calib_frames: list[str]
+    # SQNR (dB) of each output of the whole-graph INT8 model against the float one, on
+    # calibration frames; empty when --keep-float named the ops
+    output_sqnr: dict[str, float] = field(default_factory=dict)
+
+
+def input_range(card: ModelCard) -> tuple[float, float]:
+    """The values the card's preprocessing can give: pixels 0 and 255 through
+    ``(pixel * scale - mean) / std``, over the three channels."""
+    spec = card.input
+    mean, std = np.asarray(spec.mean, np.float64), np.asarray(spec.std, np.float64)
+    ends = np.concatenate([(0 * spec.scale - mean) / std, (255 * spec.scale - mean) / std])
+    return float(ends.min()), float(ends.max())
+
+
+def calibration_feeds(
+    card: ModelCard, fm: FloatModel, frames: Sequence[Frame]
+) -> list[dict[str, np.ndarray]]:
+    pre = Preprocessor(card.input)
+    return [{fm.input_names[0]: pre(f.image)[0]} for f in frames]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """AI Edge Quantizer prints a size report and absl warnings; keep them off stdout, where
+    --json goes."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        # tqdm's calibration progress bar goes to stderr, which the user's terminal shows
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        absl.setLevel(level)
+
+
+def calibrate(fm: FloatModel, feeds: Sequence[dict[str, np.ndarray]], lo_hi: tuple[float, float],
+              threads: int = 2) -> dict[str, Any]:
+    """Min/max of every tensor on ``feeds``, the input's set to ``lo_hi``."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    q = quantizer.Quantizer(bytearray(fm.data), recipe.static_wi8_ai8())
+    with _quiet():
+        qsvs: dict[str, Any] = q.calibrate({SIGNATURE: list(feeds)}, num_threads=threads)
+    name = fm.input_names[0]
+    shape = np.asarray(qsvs[name]["min"]).shape
+    qsvs[name] = {"min": np.full(shape, lo_hi[0], np.float32),
+                  "max": np.full(shape, lo_hi[1], np.float32)}
+    return qsvs
+
+
+def quantize_graph(fm: FloatModel, qsvs: dict[str, Any], keep: Sequence[str]) -> bytes:
+    """The static INT8 graph of ``fm``, the ops named in ``keep`` left in float."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
+
+    q = quantizer.Quantizer(bytearray(fm.data), recipe.static_wi8_ai8())
+    for name in keep:
+        q.update_quantization_recipe(
+            regex=f"^{re.escape(name)};",
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE,
+        )
+    with _quiet():
+        result = q.quantize(qsvs, enable_progress_report=False)
+    return bytes(result.quantized_model)
+
+
+def model_card(model: Path, card: Path | None) -> ModelCard:
+    from agent.runtimes import load_runtime
+
+    runtime = load_runtime(model)
+    try:
+        return resolve_card(model, runtime, card)
+    finally:
+        runtime.close()
+
+
+def quantize_tflite(
+    model: str | Path,
+    out: str | Path,
+    *,
+    calib: str | Path | None,
+    calib_frames: int = 32,
+    keep_float: Sequence[str] | None = None,
+    card: Path | None = None,
+    threads: int = 2,
+) -> TFLiteQuantizeResult:
+    """Quantize ``model`` to the full-integer ``out`` and write ``out``'s card beside it.
+
+    ``keep_float``: None finds the ops to keep in float; a list names exactly those ops (their
+    first output tensor's name; empty: quantize every op AI Edge Quantizer can)."""
+    model, out = Path(model), Path(out)
+    why = quantizer_available()
+    if why:
+        raise CompressError(f"{model}: {why}")
+    if not model.is_file():
+        raise CompressError(f"{model}: no such model file")
+    if out.suffix.lower() != ".tflite":
+        raise CompressError(f"{out}: a TFLite model quantizes to a .tflite file")
+    if out.resolve() == model.resolve():
+        raise CompressError(f"{out}: would overwrite the model being quantized")
+    if calib is None:
+        raise CompressError("static INT8 quantization needs --calib VIDEO|DIR")
+    try:
+        src_card = model_card(model, card)
+    except EdgeAgentError as exc:
+        raise CompressError(f"{model}: {exc}") from exc
+    fm = float_model(model)
+    frames = sample_frames(calib, calib_frames)
+    feeds = calibration_feeds(src_card, fm, frames)
+    qsvs = calibrate(fm, feeds, input_range(src_card), threads)
+    output_sqnr: dict[str, float] = {}
+    if keep_float is None:
+        from agent.compress.tflite_sensitive import find_sensitive
+
+        found = find_sensitive(fm, qsvs, feeds, threads)
+        kept, output_sqnr = found.kept, found.output_sqnr
+    else:
+        from agent.compress.tflite_sensitive import op_types
+
+        known = op_types(fm)
+        unknown = [n for n in keep_float if n not in known]
+        if unknown:
+            raise CompressError(f"{model}: no op with output {unknown[0]!r} (see the model's "
+                                "graph, e.g. in Model Explorer)")
+        kept = [KeptOp(n, known[n], "named with --keep-float") for n in keep_float]
+    try:
+        data = quantize_graph(fm, qsvs, [k.name for k in kept])
+        data, io_ = integer_io(data)
+    except CompressError:
+        raise
+    except Exception as exc:  # the quantizer raises bare ValueError/RuntimeError/...
+        raise CompressError(f"{model}: AI Edge Quantizer could not quantize it: {exc}") from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        staged.write_bytes(data)
+        shutil.move(staged, out)
+    card_out = write_card(src_card, model, out, kept, io_, fm, frames, calib)
+    return TFLiteQuantizeResult(
+        out, card_out, kept, io_, fm.folded, [f.name for f in frames], output_sqnr
+    )
+
+
+def write_card(
+    src: ModelCard,
+    model: Path,
+    out: Path,
+    kept: Sequence[KeptOp],
+    io_: IntegerIO,
+    fm: FloatModel,
+    frames: Sequence[Frame],
+    calib: str | Path,
+) -> Path:
+    from agent.compress.derived import write_derived_card
+
+    folded = ", ".join(f"{n} {k}" for n, k in fm.folded.items())
+    how = (
+        f"Full-integer INT8 (AI Edge Quantizer static_wi8_ai8: per-channel int8 weights, int8 "
+        f"activations, min/max on {len(frames)} frames of {Path(calib).name}; {io_.input_dtype} "
+        f"input scale {io_.input_scale:.6g} zero point {io_.input_zero_point}"
+        + (f"; fp32 graph after folding {folded}" if folded else "")
+        + ")"
+    )
+    kept_note = f"; {len(kept)} op(s) kept in float" if kept else "; every op quantized"
+    quantization = Quantization(
+        method="INT8 full-integer TFLite (AI Edge Quantizer), per-channel int8 weights, int8 "
+        "activations" + kept_note.replace(";", ","),
+        calibration=f"min/max on {len(frames)} frames of {Path(calib).name}",
+        reference=f"{model.name} (sha256 {file_sha256(model)})",
+        input_dtype=io_.input_dtype,
+        input_scale=io_.input_scale,
+        input_zero_point=io_.input_zero_point,
+    )
+    return write_derived_card(src, model, out, f"{how}{kept_note}", "quantize", quantization)
