@@ -37,6 +37,7 @@ def quantize_tflite_command(args: argparse.Namespace, keep: list[str] | None) ->
                     "mode": "static",
                     "format": "tflite",
                     "calib_frames": len(result.calib_frames),
+                    "calib_names": result.calib_frames,  # to hold them out of evaluation
                     "input": {
                         "dtype": io.input_dtype,
                         "scale": io.input_scale,

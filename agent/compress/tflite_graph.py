@@ -5,6 +5,8 @@ integers (drop the QUANTIZE after the input and the DEQUANTIZE before each outpu
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,11 +132,13 @@ def _evaluate(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
     gives them)."""
     from ai_edge_litert import interpreter as litert
 
-    it = litert.Interpreter(
-        model_path=str(path),
-        experimental_preserve_all_tensors=True,
-        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
+    with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": it is, here
+        warnings.simplefilter("ignore")
+        it = litert.Interpreter(
+            model_path=str(path),
+            experimental_preserve_all_tensors=True,
+            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
     it.allocate_tensors()
     for d in it.get_input_details():
         it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
@@ -203,11 +207,12 @@ class IntegerIO:
     integer_outputs: list[str]
 
 
-def integer_io(data: bytes) -> tuple[bytes, IntegerIO]:
+def integer_io(data: bytes, names: Sequence[str] = ()) -> tuple[bytes, IntegerIO]:
     """The quantized graph taking its input as integers (AI Edge Quantizer gives the graph input
     the int8 type itself; a QUANTIZE right after a float input is dropped) and giving each output
     that ends in a DEQUANTIZE as its integers (the runtime dequantizes them). Outputs of ops kept
-    in float stay float."""
+    in float stay float. ``names``: the float model's output names, which the outputs get back
+    (AI Edge Quantizer suffixes those it puts a DEQUANTIZE before), so the card's roles match."""
     s = _schema()
     model = read_model(data)
     graph = model.subgraphs[0]
@@ -225,7 +230,6 @@ def integer_io(data: bytes) -> tuple[bytes, IntegerIO]:
         graph.inputs = [q_index]
         drop.append(consumers[0])
     outputs = [int(i) for i in graph.outputs]
-    integer_outputs = []
     for k, out in enumerate(outputs):
         producer = next((op for op in graph.operators if out in op.outputs), None)
         if producer is not None and op_name(model, producer) == "DEQUANTIZE":
@@ -237,9 +241,14 @@ def integer_io(data: bytes) -> tuple[bytes, IntegerIO]:
             graph.tensors[src].name = graph.tensors[out].name
             outputs[k] = src
             drop.append(producer)
-        if graph.tensors[outputs[k]].type != s.TensorType.FLOAT32:
-            integer_outputs.append(tensor_name(graph.tensors[outputs[k]]))
     graph.outputs = outputs
+    for k, name in enumerate(names):
+        if k < len(outputs) and tensor_name(graph.tensors[outputs[k]]).startswith(name):
+            graph.tensors[outputs[k]].name = name
+    integer_outputs = [
+        tensor_name(graph.tensors[i]) for i in outputs
+        if graph.tensors[i].type != s.TensorType.FLOAT32
+    ]
     graph.operators = [op for op in graph.operators if all(op is not d for d in drop)]
     _compact(model)
     _add_signature(model)

@@ -17,6 +17,7 @@ import logging
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,13 @@ def _quiet() -> Iterator[None]:
     absl.setLevel(logging.ERROR)
     try:
         # tqdm's calibration progress bar goes to stderr, which the user's terminal shows
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            # its calibrator keeps every tensor, which LiteRT warns is for debugging: it is
+            warnings.filterwarnings("ignore", message=".*preserve_all_tensors", category=UserWarning)
             yield
     finally:
         absl.setLevel(level)
@@ -186,7 +193,7 @@ def quantize_tflite(
         kept = [KeptOp(n, known[n], "named with --keep-float") for n in keep_float]
     try:
         data = quantize_graph(fm, qsvs, [k.name for k in kept])
-        data, io_ = integer_io(data)
+        data, io_ = integer_io(data, fm.output_names)
     except CompressError:
         raise
     except Exception as exc:  # the quantizer raises bare ValueError/RuntimeError/...
