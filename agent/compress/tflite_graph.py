@@ -49,7 +49,9 @@ def op_name(model: Any, op: Any) -> str:
     s = _schema()
     code = model.operatorCodes[op.opcodeIndex]
     builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    names: dict[int, str] = {
+        v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")
+    }
     return names.get(builtin, f"op{builtin}")
 
 

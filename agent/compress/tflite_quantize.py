@@ -95,7 +95,7 @@ def _quiet() -> Iterator[None]:
             warnings.catch_warnings(),
         ):
             # its calibrator keeps every tensor, which LiteRT warns is for debugging: it is
-            warnings.filterwarnings("ignore", message=".*preserve_all_tensors", category=UserWarning)
+            warnings.filterwarnings("ignore", ".*preserve_all_tensors", UserWarning)
             yield
     finally:
         absl.setLevel(level)
