@@ -45,6 +45,7 @@ def quantize_tflite_command(args: argparse.Namespace, keep: list[str] | None) ->
                     },
                     "integer_outputs": io.integer_outputs,
                     "folded": result.folded,
+                    "fused_activations": result.fused,
                     "output_sqnr_db": result.output_sqnr,
                     "kept_float": [
                         {"name": k.name, "op_type": k.op_type, "reason": k.reason}
@@ -58,9 +59,10 @@ def quantize_tflite_command(args: argparse.Namespace, keep: list[str] | None) ->
             f"{args.model} -> {result.model} (INT8 full-integer, AI Edge Quantizer, min/max "
             f"calibration on {len(result.calib_frames)} frames of {args.calib})"
         )
-        if result.folded:
+        if result.folded or result.fused:
             done = ", ".join(f"{k} {n}" for n, k in result.folded.items())
-            print(f"fp32 graph first: folded {done} constant op(s) into fp32 weights")
+            fused = f"; fused {result.fused} RELU op(s) into the op before" if result.fused else ""
+            print(f"fp32 graph first: folded {done or 'no'} constant op(s) into weights{fused}")
         print(
             f"input: {io.input_dtype}, scale {io.input_scale:.6g}, zero point "
             f"{io.input_zero_point}; integer outputs: {', '.join(io.integer_outputs) or 'none'}"

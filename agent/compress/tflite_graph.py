@@ -77,6 +77,7 @@ class FloatModel:
     folded: dict[str, int]  # op name -> how many were folded into constants
     input_names: list[str]
     output_names: list[str]
+    fused: int = 0  # standalone RELU/RELU6 ops fused into the op before them
 
 
 def float_model(path: Path) -> FloatModel:
@@ -118,6 +119,7 @@ def float_model(path: Path) -> FloatModel:
             t.quantization = None
         dropped = {id(op) for op in fold}
         graph.operators = [op for op in graph.operators if id(op) not in dropped]
+    fused = _fuse_activations(model)
     _compact(model)
     _add_signature(model)
     graph = model.subgraphs[0]
@@ -126,7 +128,50 @@ def float_model(path: Path) -> FloatModel:
         folded,
         [tensor_name(graph.tensors[i]) for i in graph.inputs],
         [tensor_name(graph.tensors[i]) for i in graph.outputs],
+        fused,
     )
+
+
+# Standalone activations fused into the op before them: in INT8, XNNPACK takes no RELU op of
+# its own, so each one cut BlazeFace's graph into another delegated piece (8.3 ms against 1.6
+# for the float model; 1.4 with them fused). Same arithmetic in float.
+_FUSABLE = ("ADD", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MUL", "SUB")
+
+
+def _fuse_activations(model: Any) -> int:
+    """Fold each RELU/RELU6 into the op that makes its input, when that op has no activation
+    of its own and nothing else reads its output. Returns how many were fused."""
+    s = _schema()
+    graph = model.subgraphs[0]
+    kinds = {"RELU": s.ActivationFunctionType.RELU, "RELU6": s.ActivationFunctionType.RELU6}
+    outputs = {int(i) for i in graph.outputs}
+    readers: dict[int, int] = {}
+    for op in graph.operators:
+        for i in op.inputs:
+            readers[int(i)] = readers.get(int(i), 0) + 1
+    producer = {int(op.outputs[0]): op for op in graph.operators}
+    dropped = []
+    for op in graph.operators:
+        kind = kinds.get(op_name(model, op))
+        if kind is None:
+            continue
+        src = int(op.inputs[0])
+        prev = producer.get(src)
+        options = getattr(prev, "builtinOptions", None)
+        if (
+            prev is None
+            or op_name(model, prev) not in _FUSABLE
+            or readers.get(src) != 1
+            or src in outputs
+            or getattr(options, "fusedActivationFunction", None) != s.ActivationFunctionType.NONE
+        ):
+            continue
+        options.fusedActivationFunction = kind
+        prev.outputs = [int(op.outputs[0])]
+        producer[int(op.outputs[0])] = prev
+        dropped.append(op)
+    graph.operators = [op for op in graph.operators if all(op is not d for d in dropped)]
+    return len(dropped)
 
 
 def _evaluate(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
@@ -212,8 +257,8 @@ class IntegerIO:
 def integer_io(data: bytes, names: Sequence[str] = ()) -> tuple[bytes, IntegerIO]:
     """The quantized graph taking its input as integers (AI Edge Quantizer gives the graph input
     the int8 type itself; a QUANTIZE right after a float input is dropped) and giving each output
-    that ends in a DEQUANTIZE as its integers (the runtime dequantizes them). Outputs of ops kept
-    in float stay float. ``names``: the float model's output names, which the outputs get back
+    that ends in a DEQUANTIZE as its integers (the runtime dequantizes them). An output made by
+    ops kept in float stays float (the QUANTIZE the quantizer puts after it is dropped). ``names``: the float model's output names, which the outputs get back
     (AI Edge Quantizer suffixes those it puts a DEQUANTIZE before), so the card's roles match."""
     s = _schema()
     model = read_model(data)
@@ -234,7 +279,20 @@ def integer_io(data: bytes, names: Sequence[str] = ()) -> tuple[bytes, IntegerIO
     outputs = [int(i) for i in graph.outputs]
     for k, out in enumerate(outputs):
         producer = next((op for op in graph.operators if out in op.outputs), None)
-        if producer is not None and op_name(model, producer) == "DEQUANTIZE":
+        if (
+            producer is not None
+            and op_name(model, producer) == "QUANTIZE"
+            and graph.tensors[int(producer.inputs[0])].type == s.TensorType.FLOAT32
+        ):
+            # An output whose ops were kept in float: AI Edge Quantizer still quantizes it at
+            # the end, at the scale float was kept to avoid; the float tensor is the output.
+            src = int(producer.inputs[0])
+            if src not in outputs and not any(
+                src in op.inputs for op in graph.operators if op is not producer
+            ):
+                outputs[k] = src
+                drop.append(producer)
+        elif producer is not None and op_name(model, producer) == "DEQUANTIZE":
             src = int(producer.inputs[0])
             if src in outputs or any(src in op.inputs for op in graph.operators
                                      if op is not producer):

@@ -57,11 +57,12 @@ class TFLiteQuantizeResult:
     card: Path
     kept: list[KeptOp]
     io: IntegerIO
-    folded: dict[str, int]
+    folded: dict[str, int]  # constant ops folded into fp32 weights, by op name
     calib_frames: list[str]
     # SQNR (dB) of each output of the whole-graph INT8 model against the float one, on
     # calibration frames; empty when --keep-float named the ops
     output_sqnr: dict[str, float] = field(default_factory=dict)
+    fused: int = 0  # standalone RELU/RELU6 ops fused into the op before them
 
 
 def input_range(card: ModelCard) -> tuple[float, float]:
@@ -180,7 +181,7 @@ def quantize_tflite(
     if keep_float is None:
         from agent.compress.tflite_sensitive import find_sensitive
 
-        found = find_sensitive(fm, qsvs, feeds, threads)
+        found = find_sensitive(fm, qsvs, feeds, src_card, threads)
         kept, output_sqnr = found.kept, found.output_sqnr
     else:
         from agent.compress.tflite_sensitive import op_types
@@ -205,7 +206,7 @@ def quantize_tflite(
         shutil.move(staged, out)
     card_out = write_card(src_card, model, out, kept, io_, fm, frames, calib)
     return TFLiteQuantizeResult(
-        out, card_out, kept, io_, fm.folded, [f.name for f in frames], output_sqnr
+        out, card_out, kept, io_, fm.folded, [f.name for f in frames], output_sqnr, fm.fused
     )
 
 
@@ -221,12 +222,13 @@ def write_card(
 ) -> Path:
     from agent.compress.derived import write_derived_card
 
-    folded = ", ".join(f"{n} {k}" for n, k in fm.folded.items())
+    steps = [f"{k} {n} folded" for n, k in fm.folded.items()]
+    folded = ", ".join(steps + ([f"{fm.fused} RELU fused"] if fm.fused else []))
     how = (
         f"Full-integer INT8 (AI Edge Quantizer static_wi8_ai8: per-channel int8 weights, int8 "
         f"activations, min/max on {len(frames)} frames of {Path(calib).name}; {io_.input_dtype} "
         f"input scale {io_.input_scale:.6g} zero point {io_.input_zero_point}"
-        + (f"; fp32 graph after folding {folded}" if folded else "")
+        + (f"; fp32 graph first: {folded}" if folded else "")
         + ")"
     )
     kept_note = f"; {len(kept)} op(s) kept in float" if kept else "; every op quantized"
