@@ -157,12 +157,13 @@ def _fuse_activations(model: Any) -> int:
             continue
         src = int(op.inputs[0])
         prev = producer.get(src)
-        options = getattr(prev, "builtinOptions", None)
+        options: Any = getattr(prev, "builtinOptions", None)
         if (
             prev is None
             or op_name(model, prev) not in _FUSABLE
             or readers.get(src) != 1
             or src in outputs
+            or options is None
             or getattr(options, "fusedActivationFunction", None) != s.ActivationFunctionType.NONE
         ):
             continue
@@ -258,8 +259,9 @@ def integer_io(data: bytes, names: Sequence[str] = ()) -> tuple[bytes, IntegerIO
     """The quantized graph taking its input as integers (AI Edge Quantizer gives the graph input
     the int8 type itself; a QUANTIZE right after a float input is dropped) and giving each output
     that ends in a DEQUANTIZE as its integers (the runtime dequantizes them). An output made by
-    ops kept in float stays float (the QUANTIZE the quantizer puts after it is dropped). ``names``: the float model's output names, which the outputs get back
-    (AI Edge Quantizer suffixes those it puts a DEQUANTIZE before), so the card's roles match."""
+    ops kept in float stays float (the QUANTIZE the quantizer puts after it is dropped).
+    ``names``: the float model's output names, which the outputs get back (AI Edge Quantizer
+    suffixes those it puts a QUANTIZE or DEQUANTIZE before), so the card's roles match."""
     s = _schema()
     model = read_model(data)
     graph = model.subgraphs[0]

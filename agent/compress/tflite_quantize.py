@@ -83,11 +83,19 @@ def calibration_feeds(
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """AI Edge Quantizer prints a size report and absl warnings; keep them off stdout, where
-    --json goes."""
+    """AI Edge Quantizer prints a size report, a progress bar, absl warnings and INFO lines through
+    the root logger; keep them off the user's terminal and off stdout, where --json goes."""
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)
+
+    def drop(record: logging.LogRecord) -> bool:  # its INFO lines go through the root logger
+        return "ai_edge_quantizer" not in record.pathname
+
+    root = logging.getLogger()
+    filtered = [root, *root.handlers]
+    for f in filtered:
+        f.addFilter(drop)
     try:
         # tqdm's calibration progress bar goes to stderr, which the user's terminal shows
         with (
@@ -100,6 +108,8 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         absl.setLevel(level)
+        for f in filtered:
+            f.removeFilter(drop)
 
 
 def calibrate(fm: FloatModel, feeds: Sequence[dict[str, np.ndarray]], lo_hi: tuple[float, float],
