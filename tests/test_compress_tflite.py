@@ -7,6 +7,7 @@ the model to it; the quantized model publishes, verifies and loads through the r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ from agent.runtimes.tflite import TFLiteRuntime
 from tests import compress_models
 from tests.conftest import MEDIA, MODELS, ROOT, iou
 
-pytestmark = pytest.mark.skipif(
+needs_quantizer = pytest.mark.skipif(
     quantizer_available() is not None, reason=str(quantizer_available())
 )
 
@@ -61,6 +62,7 @@ def _ops(path: Path) -> list[str]:
     return [op_name(model, op) for op in model.subgraphs[0].operators]
 
 
+@needs_quantizer
 def test_generated_fp16_model_quantized_keeps_outputs_within_tolerance(
     tiny: dict[str, Any],
 ) -> None:
@@ -89,6 +91,7 @@ def test_generated_fp16_model_quantized_keeps_outputs_within_tolerance(
         assert np.ptp(want[0]) > 1.0  # the outputs carry signal, not constants
 
 
+@needs_quantizer
 def test_keep_float_names_ops_and_unknown_names_are_refused(
     tiny: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -126,6 +129,7 @@ def face(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     return {"model": out, "report": report}
 
 
+@needs_quantizer
 def test_face_model_score_head_is_kept_in_float(face: dict[str, Any]) -> None:
     report = face["report"]
     assert report["folded"] == {"DEQUANTIZE": 74} and report["fused_activations"] == 17
@@ -139,6 +143,7 @@ def test_face_model_score_head_is_kept_in_float(face: dict[str, Any]) -> None:
     assert set(report["output_sqnr_db"]) == {"regressors", "classificators"}
 
 
+@needs_quantizer
 def test_quantized_face_model_finds_the_astronauts_face(face: dict[str, Any]) -> None:
     fp = Detector.load(MODELS / "face-short-range.tflite", threads=2)
     q = Detector.load(face["model"], threads=2)
@@ -154,6 +159,7 @@ def test_quantized_face_model_finds_the_astronauts_face(face: dict[str, Any]) ->
         assert abs(got[0].score - want[0].score) < 0.1
 
 
+@needs_quantizer
 def test_card_records_the_input_quantization_and_the_detector_holds_to_it(
     face: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -176,6 +182,7 @@ def test_card_records_the_input_quantization_and_the_detector_holds_to_it(
         Detector.load(face["model"], card=wrong)
 
 
+@needs_quantizer
 def test_quantized_model_publishes_verifies_and_loads_through_the_registry(
     face: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -211,3 +218,23 @@ def test_quantized_model_publishes_verifies_and_loads_through_the_registry(
 
     faces, _ = detector.detect(cv2.imread(str(MEDIA / "astronaut.png")))
     assert [d.label for d in faces] == ["face"]
+
+
+def test_without_the_quantizer_the_command_says_what_to_install(tmp_path: Path) -> None:
+    """Runs whether or not ai-edge-quantizer is installed: an import of it that fails (a stand-in
+    package first on the path) gives one line naming the extra, exit 1, nothing written."""
+    blocker = tmp_path / "site" / "ai_edge_quantizer"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('blocked for this test')\n")
+    out = tmp_path / "x.tflite"
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "model", "quantize", str(MODELS / "face-short-range.tflite"),
+         "-o", str(out), "--calib", str(MEDIA / "astronaut.png")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), str(ROOT)])},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("edge-agent: ") and "face-short-range.tflite" in line
+    assert "edge-agent[tflite-quant]" in line and "Traceback" not in done.stderr
+    assert not out.exists()

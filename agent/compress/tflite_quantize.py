@@ -168,9 +168,6 @@ def quantize_tflite(
     ``keep_float``: None finds the ops to keep in float; a list names exactly those ops (their
     first output tensor's name; empty: quantize every op AI Edge Quantizer can)."""
     model, out = Path(model), Path(out)
-    why = quantizer_available()
-    if why:
-        raise CompressError(f"{model}: {why}")
     if not model.is_file():
         raise CompressError(f"{model}: no such model file")
     if out.suffix.lower() != ".tflite":
@@ -179,6 +176,9 @@ def quantize_tflite(
         raise CompressError(f"{out}: would overwrite the model being quantized")
     if calib is None:
         raise CompressError("static INT8 quantization needs --calib VIDEO|DIR")
+    why = quantizer_available()
+    if why:
+        raise CompressError(f"{model}: TFLite quantization needs AI Edge Quantizer: {why}")
     try:
         src_card = model_card(model, card)
     except EdgeAgentError as exc:
