@@ -62,6 +62,15 @@ def _ops(path: Path) -> list[str]:
     return [op_name(model, op) for op in model.subgraphs[0].operators]
 
 
+def _float_tensors(path: Path) -> list[str]:
+    from ai_edge_litert import schema_py_generated as s
+
+    from agent.compress.tflite_graph import read_model, tensor_name
+
+    graph = read_model(path).subgraphs[0]
+    return [tensor_name(t) for t in graph.tensors if t.type == s.TensorType.FLOAT32]
+
+
 @needs_quantizer
 def test_generated_fp16_model_quantized_keeps_outputs_within_tolerance(
     tiny: dict[str, Any],
@@ -71,7 +80,7 @@ def test_generated_fp16_model_quantized_keeps_outputs_within_tolerance(
     assert result.kept == [] and set(result.output_sqnr) == {"regressors", "classificators"}
     # full integer: no float op left, int8 input
     ops = _ops(result.model)
-    assert "DEQUANTIZE" not in ops and ops.count("CONV_2D") == 4
+    assert "DEQUANTIZE" not in ops and ops.count("CONV_2D") == 4 and _float_tensors(result.model) == []
     runtime = TFLiteRuntime(str(result.model))
     assert runtime.inputs[0].dtype == np.int8 and runtime.inputs[0].quantized
     assert all(o.dtype == np.int8 for o in runtime.outputs)
@@ -130,17 +139,22 @@ def face(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
 
 
 @needs_quantizer
-def test_face_model_score_head_is_kept_in_float(face: dict[str, Any]) -> None:
+def test_face_model_is_full_integer_with_its_score_range_set(face: dict[str, Any]) -> None:
     report = face["report"]
     assert report["folded"] == {"DEQUANTIZE": 74} and report["fused_activations"] == 17
-    kept = {k["name"]: k["reason"] for k in report["kept_float"]}
-    # whole-graph INT8 steps the score logits by about 1.4: the score head stays float, the
-    # backbone and the box head are INT8
-    assert set(kept) == {"classificator_8", "classificator_16", "reshape", "reshape_2",
-                         "classificators"}  # fmt: skip
-    assert all(r.startswith("head of classificators: scores off by up to") for r in kept.values())
-    assert report["integer_outputs"] == ["regressors"]
-    assert set(report["output_sqnr_db"]) == {"regressors", "classificators"}
+    # The score logits were calibrated about -335..3 (a step of 1.3 logits); set to +-16.
+    (ranges,) = report["ranges"]
+    assert ranges.startswith("score logits (classificators and 4 tensor(s) behind it)")
+    assert "set to +-16" in ranges
+    scores = {o.name: o for o in TFLiteRuntime(str(face["model"])).outputs}["classificators"]
+    assert scores.scale == pytest.approx(32 / 255) and scores.dtype == np.int8
+    # Its score head in float was tried, and not kept: the error left comes from the backbone.
+    (tried,) = [c for c in report["checks"] if c.startswith("classificators:")]
+    assert "head of classificators" in tried
+    assert tried.endswith("not kept (the error comes from before them)")
+    assert report["kept_float"] == []
+    assert report["integer_outputs"] == ["regressors", "classificators"]
+    assert _float_tensors(face["model"]) == []  # full integer: what an Edge TPU compiler takes
 
 
 @needs_quantizer

@@ -47,6 +47,8 @@ def quantize_tflite_command(args: argparse.Namespace, keep: list[str] | None) ->
                     "folded": result.folded,
                     "fused_activations": result.fused,
                     "output_sqnr_db": result.output_sqnr,
+                    "ranges": result.ranges,
+                    "checks": result.checks,
                     "kept_float": [
                         {"name": k.name, "op_type": k.op_type, "reason": k.reason}
                         for k in result.kept
@@ -67,11 +69,16 @@ def quantize_tflite_command(args: argparse.Namespace, keep: list[str] | None) ->
             f"input: {io.input_dtype}, scale {io.input_scale:.6g}, zero point "
             f"{io.input_zero_point}; integer outputs: {', '.join(io.integer_outputs) or 'none'}"
         )
+        for r in result.ranges:
+            print(f"ranges: {r}")
         if result.output_sqnr:
             print(
                 "whole-graph INT8 outputs against float (SQNR): "
                 + ", ".join(f"{n} {v:.1f} dB" for n, v in result.output_sqnr.items())
+                + (" (a score output's counts its clipped background)" if result.ranges else "")
             )
+        for c in result.checks:
+            print(f"tried: {c}")
         if not result.kept:
             print("kept in float: none (every op quantized)")
         else:

@@ -1,6 +1,7 @@
 """Full-integer (static INT8) quantization of TFLite detectors with AI Edge Quantizer: int8
 weights (per channel) and int8 activations calibrated on real frames through the card's own
 preprocessing; integer input and outputs, so the graph runs on integer-only accelerators.
+The anchors family's score logits get the fixed range +-16 (``clip_score_ranges``).
 
 fp16 and sparse weights (MediaPipe's detectors) are first folded into an fp32 graph
 (``agent.compress.tflite_graph``). The input's range is the card's exact pixel range, so the
@@ -63,6 +64,8 @@ class TFLiteQuantizeResult:
     # calibration frames; empty when --keep-float named the ops
     output_sqnr: dict[str, float] = field(default_factory=dict)
     fused: int = 0  # standalone RELU/RELU6 ops fused into the op before them
+    ranges: list[str] = field(default_factory=list)  # calibrated ranges set otherwise, in words
+    checks: list[str] = field(default_factory=list)  # float candidates tried, kept or not
 
 
 def input_range(card: ModelCard) -> tuple[float, float]:
@@ -187,12 +190,16 @@ def quantize_tflite(
     frames = sample_frames(calib, calib_frames)
     feeds = calibration_feeds(src_card, fm, frames)
     qsvs = calibrate(fm, feeds, input_range(src_card), threads)
+    from agent.compress.tflite_sensitive import clip_score_ranges
+
+    ranges = clip_score_ranges(src_card, fm, qsvs)
     output_sqnr: dict[str, float] = {}
+    checks: list[str] = []
     if keep_float is None:
         from agent.compress.tflite_sensitive import find_sensitive
 
         found = find_sensitive(fm, qsvs, feeds, src_card, threads)
-        kept, output_sqnr = found.kept, found.output_sqnr
+        kept, output_sqnr, checks = found.kept, found.output_sqnr, found.notes
     else:
         from agent.compress.tflite_sensitive import op_types
 
@@ -214,9 +221,18 @@ def quantize_tflite(
         staged = Path(tmp) / out.name
         staged.write_bytes(data)
         shutil.move(staged, out)
-    card_out = write_card(src_card, model, out, kept, io_, fm, frames, calib)
+    card_out = write_card(src_card, model, out, kept, io_, fm, frames, calib, ranges)
     return TFLiteQuantizeResult(
-        out, card_out, kept, io_, fm.folded, [f.name for f in frames], output_sqnr, fm.fused
+        out,
+        card_out,
+        kept,
+        io_,
+        fm.folded,
+        [f.name for f in frames],
+        output_sqnr,
+        fm.fused,
+        ranges,
+        checks,
     )
 
 
@@ -229,6 +245,7 @@ def write_card(
     fm: FloatModel,
     frames: Sequence[Frame],
     calib: str | Path,
+    ranges: Sequence[str] = (),
 ) -> Path:
     from agent.compress.derived import write_derived_card
 
@@ -239,13 +256,15 @@ def write_card(
         f"activations, min/max on {len(frames)} frames of {Path(calib).name}; {io_.input_dtype} "
         f"input scale {io_.input_scale:.6g} zero point {io_.input_zero_point}"
         + (f"; fp32 graph first: {folded}" if folded else "")
+        + "".join(f"; {r}" for r in ranges)
         + ")"
     )
     kept_note = f"; {len(kept)} op(s) kept in float" if kept else "; every op quantized"
     quantization = Quantization(
         method="INT8 full-integer TFLite (AI Edge Quantizer), per-channel int8 weights, int8 "
         "activations" + kept_note.replace(";", ","),
-        calibration=f"min/max on {len(frames)} frames of {Path(calib).name}",
+        calibration=f"min/max on {len(frames)} frames of {Path(calib).name}"
+        + ("; score logits set to +-16" if ranges else ""),
         reference=f"{model.name} (sha256 {file_sha256(model)})",
         input_dtype=io_.input_dtype,
         input_scale=io_.input_scale,

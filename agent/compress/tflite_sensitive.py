@@ -1,19 +1,24 @@
 """Which ops of a TFLite detector stay in float when the rest is quantized to INT8, found by
-comparing the whole-graph INT8 model's tensors with the float model's on calibration frames.
+comparing the whole-graph INT8 model's tensors with the float model's on calibration frames;
+and the anchors family's score logits, whose calibrated range is set (``clip_score_ranges``).
 
-Two checks:
+Candidates, from two checks:
 
 - **Decoded outputs** (family ``anchors``): the score output as the decoder reads it (sigmoid)
-  and the box regressors in input pixels, on the anchors the float model scores at least 0.01
-  (those a detection or an evaluation can use). MediaPipe's score logits span about -300..10,
-  so one 8-bit scale steps them by 1.4 logits: every score near the 0.5 threshold becomes
-  exactly 0.5 or 0.8, though the tensor keeps 16 dB SQNR (the background dominates it). An
-  output that strays more than ``MAX_SCORE_ERROR`` / ``MAX_BOX_ERROR`` keeps its head in float:
-  the ops that lead to that output alone (the 1x1 head convolutions, their reshapes, the join).
-- **Per-op loss** (any model): SQNR of every op's output over the frames; where an output keeps
-  less than ``MIN_OUTPUT_SQNR_DB``, the walk goes back from it over the ops whose SQNR is below
-  that, and keeps each op that loses ``MAX_OP_LOSS_DB`` or more against its worst activation
-  input (one 8-bit scale cannot hold its range), and every op after it on the way to an output.
+  and the box regressors, on the anchors the float model scores at least 0.01 (those a
+  detection or an evaluation can use). An output that strays more than ``MAX_SCORE_ERROR`` /
+  ``MAX_BOX_ERROR`` makes its head a candidate: the ops that lead to that output alone (the
+  head convolutions, their reshapes, the join).
+- **Per-op loss** (outputs not judged decoded): SQNR of every op's output over the frames;
+  where an output keeps less than ``MIN_OUTPUT_SQNR_DB``, the walk goes back from it over the
+  ops whose SQNR is below that; each op that loses ``MAX_OP_LOSS_DB`` or more against its worst
+  activation input (one 8-bit scale cannot hold its range), with every op after it, is a
+  candidate.
+
+Each candidate is then quantized with those ops in float and kept only if that at least halves
+the output's error (or brings it under its limit): on MediaPipe's detectors the error left once
+the score range is set comes from the backbone's INT8 features, which no head in float mends, so
+they stay full-integer.
 """
 
 from __future__ import annotations
@@ -176,6 +181,7 @@ class Sensitivity:
 
     kept: list[KeptOp]
     output_sqnr: dict[str, float]
+    notes: list[str]  # each candidate tried: the error before and with it in float, kept or not
 
 
 def find_sensitive(
@@ -206,11 +212,16 @@ def find_sensitive(
     def db(index: int) -> float:
         return sqnr.get(names[index], math.inf)
 
-    kept: dict[int, str] = {}
+    # Candidates: (output, ops to keep in float, why); each is tried and kept only if it helps.
+    candidates: list[tuple[str, dict[int, str]]] = []
     outputs = {names[int(i)]: db(int(i)) for i in g.outputs}
+    errors = anchors_output_errors(card, cmp) if card.family == "anchors" else {}
     for out in (int(i) for i in g.outputs):
-        if db(out) >= MIN_OUTPUT_SQNR_DB:
+        # outputs judged decoded need no SQNR (a score output's background, set to -16 for
+        # INT8, is -300 in float: hardly any SQNR, no harm)
+        if db(out) >= MIN_OUTPUT_SQNR_DB or names[out] in errors:
             continue
+        flagged: dict[int, str] = {}
         todo, seen = [producer[out]] if out in producer else [], set()
         while todo:
             k = todo.pop()
@@ -224,32 +235,70 @@ def find_sensitive(
             ins = [db(int(i)) for i in op.inputs if int(i) in activations]
             lost = min(ins, default=math.inf) - mine
             if lost >= MAX_OP_LOSS_DB:
-                kept.setdefault(
-                    k,
+                flagged[k] = (
                     f"loses {lost:.1f} dB in INT8 (its output {mine:.1f} dB SQNR against "
                     f"{mine + lost:.1f} for its inputs; {names[out]} keeps {db(out):.1f} dB "
-                    f"< {MIN_OUTPUT_SQNR_DB:.0f})",
+                    f"< {MIN_OUTPUT_SQNR_DB:.0f})"
                 )
             todo.extend(producer[int(i)] for i in op.inputs if int(i) in producer)
-    if card.family == "anchors":
-        for out_name, (ratio, why) in anchors_output_errors(card, cmp).items():
-            if ratio > 1.0:
-                for k in _head(g, names.index(out_name), producer, consumers):
-                    kept.setdefault(k, f"head of {out_name}: {why}")
-    for k in sorted(kept):  # what follows a kept op on the way to an output stays float too
-        stack = [k]
-        while stack:
-            for j in consumers.get(int(g.operators[stack.pop()].outputs[0]), []):
-                if j not in kept:
-                    kept[j] = f"after {names[g.operators[k].outputs[0]]}, kept in float"
-                    stack.append(j)
+        if flagged:
+            candidates.append((names[out], _with_followers(g, flagged, names, consumers)))
+    for out_name, (ratio, why) in errors.items():
+        if ratio > 1.0:
+            head = _head(g, names.index(out_name), producer, consumers)
+            candidates.append((out_name, dict.fromkeys(head, f"head of {out_name}: {why}")))
+    kept: dict[int, str] = {}
+    notes: list[str] = []
+    x = [feeds[i][name] for i in picks]
+    for out_name, ops in candidates:
+        before = _badness(out_name, card, cmp, errors)
+        trial = quantize_graph(fm, qsvs, [names[g.operators[k].outputs[0]] for k in ops])
+        after = _badness(out_name, card, compare_tensors(fm.data, trial, x, fm.output_names,
+                                                         threads), errors)  # fmt: skip
+        helps = after <= max(1.0, before / 2)
+        notes.append(
+            f"{out_name}: {len(ops)} op(s) in float ({next(iter(ops.values())).split(' (')[0]}): "
+            f"{before:.2f} -> {after:.2f} of the limit, "
+            + ("kept" if helps else "not kept (the error comes from before them)")
+        )
+        if helps:
+            for k, why in ops.items():
+                kept.setdefault(k, why)
     return Sensitivity(
         [
             KeptOp(names[g.operators[k].outputs[0]], op_name(model, g.operators[k]), kept[k])
             for k in sorted(kept)
         ],
         outputs,
+        notes,
     )
+
+
+def _with_followers(
+    g: Any, ops: dict[int, str], names: list[str], consumers: dict[int, list[int]]
+) -> dict[int, str]:
+    """``ops`` and every op after them on the way to an output (their noise only passes on)."""
+    out = dict(ops)
+    for k in sorted(ops):
+        stack = [k]
+        while stack:
+            for j in consumers.get(int(g.operators[stack.pop()].outputs[0]), []):
+                if j not in out:
+                    out[j] = f"after {names[g.operators[k].outputs[0]]}, kept in float"
+                    stack.append(j)
+    return out
+
+
+def _badness(
+    output: str, card: ModelCard, cmp: Comparison, errors: dict[str, tuple[float, str]]
+) -> float:
+    """How far ``output`` is off, as a multiple of its limit (1.0: at the limit): the anchors
+    family's decoded error, else the noise amplitude against MIN_OUTPUT_SQNR_DB's."""
+    if output in errors:
+        found = anchors_output_errors(card, cmp)
+        return found[output][0]
+    sqnr = cmp.sqnr.get(output, math.inf)
+    return float(10 ** ((MIN_OUTPUT_SQNR_DB - sqnr) / 20))
 
 
 def _head(
@@ -266,3 +315,59 @@ def _head(
             r |= reach[j]
         reach[k] = r
     return [k for k, r in reach.items() if r == {out}]
+
+
+# Ops that move or join values without computing new ones: a logit stays a logit through them.
+LAYOUT_OPS = ("RESHAPE", "CONCATENATION", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "TRANSPOSE",
+              "SQUEEZE", "EXPAND_DIMS")  # fmt: skip
+# Score logits are clipped to this range for INT8: sigmoid(-16) = 1e-7, sigmoid(16) = 1 - 1e-7.
+LOGIT_LIMIT = 16.0
+
+
+def clip_score_ranges(card: ModelCard, fm: FloatModel, qsvs: dict[str, Any]) -> list[str]:
+    """Family ``anchors`` with sigmoid scores: the range of the score logits (the score output and
+    the tensors behind it up to the ops that compute them) set to +-LOGIT_LIMIT, whatever the
+    calibration saw. MediaPipe's background logits reach -350, which one 8-bit scale over
+    -350..3 steps by 1.4: every score near the threshold became 0.5 or 0.8. And positives are
+    rare in calibration frames: a branch whose largest logit there was 0.14 capped a held-out
+    face's score at 0.53. At +-16 the step is 0.125 logit (scores within 0.016) and a logit
+    beyond saturates at a score of 1e-7 or 1 - 1e-7. Returns what was set, in words."""
+    if card.family != "anchors" or card.decode is None or not card.decode.sigmoid_score:
+        return []
+    model = read_model(fm.data)
+    g = model.subgraphs[0]
+    names = [tensor_name(t) for t in g.tensors]
+    outputs = {n: int(i) for n, i in zip(fm.output_names, g.outputs, strict=True)}
+    if len(outputs) != 2:
+        return []
+    ranges = {n: (float(np.min(qsvs[n]["min"])), float(np.max(qsvs[n]["max"]))) for n in outputs}
+    if card.outputs and "scores" in card.outputs:
+        score = card.outputs["scores"]
+    else:  # as the decoder tells them apart: the scores have the fewer values per anchor
+        a, b = fm.output_names
+        shape = {n: tuple(g.tensors[i].shape) for n, i in outputs.items()}
+        score = b if shape[a][-1] >= shape[b][-1] else a
+    if score not in outputs:
+        return []
+    producer = {int(op.outputs[0]): op for op in g.operators}
+    todo, logits = [outputs[score]], set()
+    while todo:  # back through layout ops to the ops that compute the logits
+        t = todo.pop()
+        if t in logits:
+            continue
+        logits.add(t)
+        op = producer.get(t)
+        if op is not None and op_name(model, op) in LAYOUT_OPS:
+            todo.extend(int(i) for i in op.inputs if int(i) in producer)
+    lo, hi = ranges[score]
+    for t in logits:
+        q = qsvs.get(names[t])
+        if q is None:
+            continue
+        dims = np.asarray(q["min"]).shape
+        q["min"] = np.full(dims, -LOGIT_LIMIT, np.float32)
+        q["max"] = np.full(dims, LOGIT_LIMIT, np.float32)
+    return [
+        f"score logits ({score} and {len(logits) - 1} tensor(s) behind it) calibrated "
+        f"{lo:.1f}..{hi:.1f}, set to +-{LOGIT_LIMIT:.0f} (sigmoid 1e-7 .. 1 - 1e-7)"
+    ]
