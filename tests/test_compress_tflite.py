@@ -298,3 +298,19 @@ def test_without_the_quantizer_the_command_says_what_to_install(tmp_path: Path) 
     assert line.startswith("edge-agent: ") and "face-short-range.tflite" in line
     assert "edge-agent[tflite-quant]" in line and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+@needs_quantizer
+def test_model_eval_compares_the_quantized_model_with_the_float_one(face: dict[str, Any]) -> None:
+    float_model_path = MODELS / "face-short-range.tflite"
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "model", "eval", str(float_model_path), str(face["model"]),
+         "--data", str(MEDIA / "astronaut.png"), "--reference", str(float_model_path),
+         "--frames", "1", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    fp, q = (json.loads(line) for line in done.stdout.splitlines())
+    assert (fp["map50"], q["map50"]) == (1.0, 1.0) and q["detections"] == fp["detections"] == 1
+    assert q["size_bytes"] == face["model"].stat().st_size < fp["size_bytes"]
+    assert q["runtime"].startswith("tflite") and q["latency_ms_p50"] > 0
