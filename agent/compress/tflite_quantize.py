@@ -5,51 +5,47 @@ The anchors family's score logits get the fixed range +-16 (``clip_score_ranges`
 
 fp16 and sparse weights (MediaPipe's detectors) are first folded into an fp32 graph
 (``agent.compress.tflite_graph``). The input's range is the card's exact pixel range, so the
-runtime's quantization of a frame is lossless (0..255 -> -128..127). The ops whose INT8 output
-strays from the float model's on the calibration frames are kept in float
-(``agent.compress.tflite_sensitive``).
+runtime's quantization of a frame is within half a step. The ops whose INT8 output strays from
+the float model's on the calibration frames, and which mend it in float, are kept in float
+(``agent.compress.tflite_sensitive``). The quantizer itself is called in
+``agent.compress.tflite_aeq``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import re
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from agent.compress.frames import Frame, sample_frames
-from agent.compress.tflite_graph import SIGNATURE, FloatModel, IntegerIO, float_model, integer_io
-from agent.detection.card import ModelCard, Quantization, resolve_card
+from agent.compress.quantize import model_card
+from agent.compress.tflite_aeq import (
+    KeptOp,
+    calibrate,
+    quantize_graph,
+    quantizer_available,
+)
+from agent.compress.tflite_graph import FloatModel, IntegerIO, float_model, integer_io
+from agent.compress.tflite_sensitive import clip_score_ranges, find_sensitive, op_types
+from agent.detection.card import ModelCard, Quantization
 from agent.detection.detector import file_sha256
 from agent.detection.preprocess import Preprocessor
 from agent.errors import CompressError, EdgeAgentError
 
-
-def quantizer_available() -> str | None:
-    """None when AI Edge Quantizer can be imported, else why not (for the error and test skips)."""
-    try:
-        import ai_edge_quantizer  # noqa: F401
-    except ImportError as exc:
-        return f"ai-edge-quantizer is not installed ({exc}): pip install 'edge-agent[tflite-quant]'"
-    return None
-
-
-@dataclass(frozen=True)
-class KeptOp:
-    """An op left in float, and the reason."""
-
-    name: str  # its first output tensor's name, as AI Edge Quantizer's recipes match ops
-    op_type: str
-    reason: str
+__all__ = [
+    "KeptOp",
+    "TFLiteQuantizeResult",
+    "calibration_feeds",
+    "input_range",
+    "model_card",
+    "quantize_tflite",
+    "quantizer_available",
+]
 
 
 @dataclass
@@ -84,76 +80,16 @@ def calibration_feeds(
     return [{fm.input_names[0]: pre(f.image)[0]} for f in frames]
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """AI Edge Quantizer prints a size report, a progress bar, absl warnings and INFO lines through
-    the root logger; keep them off the user's terminal and off stdout, where --json goes."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-
-    def drop(record: logging.LogRecord) -> bool:  # its INFO lines go through the root logger
-        return "ai_edge_quantizer" not in record.pathname
-
-    root = logging.getLogger()
-    filtered = [root, *root.handlers]
-    for f in filtered:
-        f.addFilter(drop)
+@contextmanager
+def _translated(model: Path) -> Iterator[None]:
+    """AI Edge Quantizer and the interpreter raise bare ValueError, RuntimeError...: one line
+    naming the model instead."""
     try:
-        # tqdm's calibration progress bar goes to stderr, which the user's terminal shows
-        with (
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-            warnings.catch_warnings(),
-        ):
-            # its calibrator keeps every tensor, which LiteRT warns is for debugging: it is
-            warnings.filterwarnings("ignore", ".*preserve_all_tensors", UserWarning)
-            yield
-    finally:
-        absl.setLevel(level)
-        for f in filtered:
-            f.removeFilter(drop)
-
-
-def calibrate(fm: FloatModel, feeds: Sequence[dict[str, np.ndarray]], lo_hi: tuple[float, float],
-              threads: int = 2) -> dict[str, Any]:
-    """Min/max of every tensor on ``feeds``, the input's set to ``lo_hi``."""
-    from ai_edge_quantizer import quantizer, recipe
-
-    q = quantizer.Quantizer(bytearray(fm.data), recipe.static_wi8_ai8())
-    with _quiet():
-        qsvs: dict[str, Any] = q.calibrate({SIGNATURE: list(feeds)}, num_threads=threads)
-    name = fm.input_names[0]
-    shape = np.asarray(qsvs[name]["min"]).shape
-    qsvs[name] = {"min": np.full(shape, lo_hi[0], np.float32),
-                  "max": np.full(shape, lo_hi[1], np.float32)}
-    return qsvs
-
-
-def quantize_graph(fm: FloatModel, qsvs: dict[str, Any], keep: Sequence[str]) -> bytes:
-    """The static INT8 graph of ``fm``, the ops named in ``keep`` left in float."""
-    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
-
-    q = quantizer.Quantizer(bytearray(fm.data), recipe.static_wi8_ai8())
-    for name in keep:
-        q.update_quantization_recipe(
-            regex=f"^{re.escape(name)};",
-            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-            algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE,
-        )
-    with _quiet():
-        result = q.quantize(qsvs, enable_progress_report=False)
-    return bytes(result.quantized_model)
-
-
-def model_card(model: Path, card: Path | None) -> ModelCard:
-    from agent.runtimes import load_runtime
-
-    runtime = load_runtime(model)
-    try:
-        return resolve_card(model, runtime, card)
-    finally:
-        runtime.close()
+        yield
+    except EdgeAgentError:
+        raise
+    except Exception as exc:
+        raise CompressError(f"{model}: AI Edge Quantizer could not quantize it: {exc}") from exc
 
 
 def quantize_tflite(
@@ -186,36 +122,28 @@ def quantize_tflite(
         src_card = model_card(model, card)
     except EdgeAgentError as exc:
         raise CompressError(f"{model}: {exc}") from exc
-    fm = float_model(model)
     frames = sample_frames(calib, calib_frames)
-    feeds = calibration_feeds(src_card, fm, frames)
-    qsvs = calibrate(fm, feeds, input_range(src_card), threads)
-    from agent.compress.tflite_sensitive import clip_score_ranges
-
-    ranges = clip_score_ranges(src_card, fm, qsvs)
-    output_sqnr: dict[str, float] = {}
-    checks: list[str] = []
-    if keep_float is None:
-        from agent.compress.tflite_sensitive import find_sensitive
-
-        found = find_sensitive(fm, qsvs, feeds, src_card, threads)
-        kept, output_sqnr, checks = found.kept, found.output_sqnr, found.notes
-    else:
-        from agent.compress.tflite_sensitive import op_types
-
-        known = op_types(fm)
-        unknown = [n for n in keep_float if n not in known]
-        if unknown:
-            raise CompressError(f"{model}: no op with output {unknown[0]!r} (see the model's "
-                                "graph, e.g. in Model Explorer)")
-        kept = [KeptOp(n, known[n], "named with --keep-float") for n in keep_float]
-    try:
+    with _translated(model):
+        fm = float_model(model)
+        feeds = calibration_feeds(src_card, fm, frames)
+        qsvs = calibrate(fm, feeds, input_range(src_card), threads)
+        ranges = clip_score_ranges(src_card, fm, qsvs)
+        output_sqnr: dict[str, float] = {}
+        checks: list[str] = []
+        if keep_float is None:
+            found = find_sensitive(fm, qsvs, feeds, src_card, threads)
+            kept, output_sqnr, checks = found.kept, found.output_sqnr, found.notes
+        else:
+            known = op_types(fm)
+            unknown = [n for n in keep_float if n not in known]
+            if unknown:
+                raise CompressError(
+                    f"{model}: no op with output {unknown[0]!r} (see the model's graph, e.g. "
+                    "in Model Explorer)"
+                )
+            kept = [KeptOp(n, known[n], "named with --keep-float") for n in keep_float]
         data = quantize_graph(fm, qsvs, [k.name for k in kept])
         data, io_ = integer_io(data, fm.output_names)
-    except CompressError:
-        raise
-    except Exception as exc:  # the quantizer raises bare ValueError/RuntimeError/...
-        raise CompressError(f"{model}: AI Edge Quantizer could not quantize it: {exc}") from exc
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         staged = Path(tmp) / out.name

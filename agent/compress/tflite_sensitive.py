@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from agent.compress.evaluate import EVAL_SCORE
+from agent.compress.tflite_aeq import KeptOp, quantize_graph
 from agent.compress.tflite_graph import FloatModel, op_name, read_model, tensor_name
-from agent.compress.tflite_quantize import KeptOp, quantize_graph
 from agent.detection.card import ModelCard
 
 # An output keeping this much SQNR in INT8 needs nothing kept in float.
