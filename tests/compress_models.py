@@ -119,3 +119,110 @@ def run(model: Path, image: np.ndarray) -> np.ndarray:
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return np.asarray(session.run(None, {"images": image})[0])
+
+
+# ------------------------------------------------------------------ a tiny TFLite anchors model
+
+ANCHORS_SIZE = 32
+ANCHORS_N = 16 * 16  # one anchor per place of the stride-2 feature map
+TWO_SCALES_N = 8 * 8  # two_scales: the pooled scale's anchors, after the first scale's
+
+
+def tiny_anchors_tflite(
+    directory: Path, name: str = "tiny-anchors", seed: int = 0, *, two_scales: bool = False
+) -> Path:
+    """Write ``NAME.tflite`` and its card: a MediaPipe-like detector with real convolutions
+    (3x3 stride 2 + ReLU, 3x3 + ReLU, 1x1 box and score heads reshaped to ``[1, N, 4]`` and
+    ``[1, N, 1]``), its weights stored fp16 behind DEQUANTIZE ops as MediaPipe's are, input in
+    [-1, 1]. Deterministic for a seed.
+
+    ``two_scales``: a second, 2x2 max-pooled scale whose heads are joined with the first's, as
+    MediaPipe's are; the first scale's anchors all score about 0 (logits near -12) while their
+    regressors span hundreds, the second's score high with regressors of a few units. One 8-bit
+    scale over the joined regressors crushes the ones that matter (``TWO_SCALES_N`` anchors)."""
+    from ai_edge_litert import schema_py_generated as s
+
+    from tests.modelgen import _TFLiteGraph
+
+    rng = np.random.default_rng(seed)
+    g = _TFLiteGraph()
+    side = ANCHORS_SIZE // 2
+
+    def weights(label: str, cout: int, k: int, cin: int, gain: float = 1.0) -> int:
+        w = rng.standard_normal((cout, k, k, cin)) * gain / np.sqrt(cin * k * k)
+        half = g.const(f"{label}_fp16", w.astype(np.float16))
+        real = g.tensor(f"{label}_dequantize", w.shape, np.float32)
+        g.dequantize(half, real)
+        return real
+
+    def conv(label: str, x: int, cout: int, k: int, cin: int, stride: int, relu: bool,
+             gain: float = 1.0, bias: float = 0.0, size: int = side) -> int:
+        w = weights(label, cout, k, cin, gain)
+        b = g.const(f"{label}_bias", np.full(cout, bias, np.float32))
+        out = g.tensor(label, (1, size, size, cout), np.float32)
+        options = s.Conv2DOptionsT()
+        options.padding = s.Padding.SAME
+        options.strideW = options.strideH = stride
+        options.fusedActivationFunction = (
+            s.ActivationFunctionType.RELU if relu else s.ActivationFunctionType.NONE
+        )
+        g.op(s.BuiltinOperator.CONV_2D, [x, w, b], [out], s.BuiltinOptions.Conv2DOptions, options)
+        return out
+
+    def reshape(label: str, x: int, shape: tuple[int, ...]) -> int:
+        out = g.tensor(label, shape, np.float32)
+        new = g.const(f"{label}_shape", np.asarray(shape, np.int32))
+        options = s.ReshapeOptionsT()
+        options.newShape = list(shape)
+        g.op(s.BuiltinOperator.RESHAPE, [x, new], [out], s.BuiltinOptions.ReshapeOptions, options)
+        return out
+
+    x = g.tensor("input", (1, ANCHORS_SIZE, ANCHORS_SIZE, 3), np.float32)
+    f0 = conv("stem", x, 8, 3, 3, 2, True)
+    f1 = conv("body", f0, 8, 3, 8, 1, True)
+    if not two_scales:
+        box = conv("regressor", f1, 4, 1, 8, 1, False, gain=8.0)
+        score = conv("classificator", f1, 1, 1, 8, 1, False, gain=4.0, bias=-2.0)
+        outs = [reshape("regressors", box, (1, ANCHORS_N, 4)),
+                reshape("classificators", score, (1, ANCHORS_N, 1))]
+    else:
+        small = side // 2
+        f2 = g.tensor("pooled", (1, small, small, 8), np.float32)
+        pool = s.Pool2DOptionsT()
+        pool.padding = s.Padding.VALID
+        pool.strideW = pool.strideH = pool.filterWidth = pool.filterHeight = 2
+        g.op(s.BuiltinOperator.MAX_POOL_2D, [f1], [f2], s.BuiltinOptions.Pool2DOptions, pool)
+        outs = []
+        for role, k, heads in (
+            ("regressors", 4, [(4000.0, 0.0), (20.0, 0.0)]),
+            ("classificators", 1, [(1.0, -12.0), (4.0, 1.0)]),
+        ):
+            parts = []
+            for level, (feat, size, (gain, bias)) in enumerate(
+                zip((f1, f2), (side, small), heads, strict=True)
+            ):
+                label = f"{role[:-1]}_{level}"
+                y = conv(label, feat, k, 1, 8, 1, False, gain=gain, bias=bias, size=size)
+                parts.append(reshape(f"{label}_flat", y, (1, size * size, k)))
+            joined = g.tensor(role, (1, TWO_SCALES_N + ANCHORS_N, k), np.float32)
+            options = s.ConcatenationOptionsT()
+            options.axis = 1
+            g.op(s.BuiltinOperator.CONCATENATION, parts, [joined],
+                 s.BuiltinOptions.ConcatenationOptions, options)
+            outs.append(joined)
+    path = g.save(Path(directory) / f"{name}.tflite", [x], outs)
+    card = {
+        "name": name,
+        "format": "tflite",
+        "family": "anchors",
+        "input": {"width": ANCHORS_SIZE, "height": ANCHORS_SIZE, "layout": "NHWC",
+                  "color": "RGB", "resize": "stretch", "scale": 1 / 127.5,
+                  "mean": [1.0, 1.0, 1.0]},
+        "labels": ["thing"],
+        "anchors": {"num_layers": 1, "min_scale": 0.2, "max_scale": 0.2, "strides": [2],
+                    "aspect_ratios": [1.0], "interpolated_scale_aspect_ratio": 0.0},
+        "decode": {"box_scale": [ANCHORS_SIZE] * 4},
+        "outputs": {"boxes": "regressors", "scores": "classificators"},
+    }
+    (Path(directory) / f"{name}.card.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    return path

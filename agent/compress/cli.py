@@ -86,6 +86,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         keep = []
     else:
         keep = [n.strip() for n in args.keep_float.split(",") if n.strip()]
+    if Path(args.model).suffix.lower() == ".tflite":
+        from agent.compress.tflite_cli import quantize_tflite_command
+
+        return quantize_tflite_command(args, keep)
     result = quantize(
         args.model,
         args.output,
@@ -258,10 +262,12 @@ def add_compress_commands(model_sub: Any) -> None:
     ev.add_argument("--json", action="store_true", help="one JSON object per model")
     ev.set_defaults(func=cmd_eval)
 
-    q = model_sub.add_parser("quantize", help="INT8 quantization (ONNX) with sensitive nodes kept")
-    q.add_argument("model", help="float ONNX model")
+    q = model_sub.add_parser(
+        "quantize", help="INT8 quantization (ONNX; TFLite full-integer) with sensitive ops kept"
+    )
+    q.add_argument("model", help="float ONNX model, or TFLite model (full-integer INT8)")
     q.add_argument(
-        "-o", "--output", required=True, metavar="OUT.onnx", help="INT8 model to write"
+        "-o", "--output", required=True, metavar="OUT.onnx|OUT.tflite", help="INT8 model to write"
     )
     q.add_argument("--calib", help="calibration video or image folder (needed for static)")
     q.add_argument(

@@ -27,7 +27,7 @@ def write_derived_card(
     if quantization is not None:
         data["quantization"] = quantization.model_dump(mode="json", exclude_none=True)
     data.update(
-        format="onnx",
+        format="tflite" if out.suffix.lower() == ".tflite" else "onnx",
         sha256=file_sha256(out),
         notes=f"{how} of {model.name} (sha256 {file_sha256(model)[:16]}...)."
         + (f" Original's notes: {src.notes}" if src.notes else ""),

@@ -104,9 +104,8 @@ def quantize(
     model, out = Path(model), Path(out)
     if model.suffix.lower() == ".tflite":
         raise CompressError(
-            f"{model}: TFLite models cannot be quantized here (edge-agent quantizes ONNX); "
-            "quantize the ONNX export of the model, or use Google's ai-edge-quantizer, which "
-            "runs without TensorFlow (README: 'Model toolchain')"
+            f"{model}: a TFLite model is quantized by agent.compress.tflite_quantize (`model "
+            "quantize MODEL.tflite -o OUT.tflite`), into a .tflite file"
         )
     if model.suffix.lower() != ".onnx":
         raise CompressError(f"{model}: expected an .onnx model")

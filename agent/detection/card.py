@@ -93,6 +93,11 @@ class Quantization(_Strict):
         description="mAP@0.5 against the reference's detections, on frames not calibrated on",
     )
     fidelity_frames: str | None = Field(None, description="what the fidelity was measured on")
+    input_dtype: Literal["int8", "uint8"] | None = Field(
+        None, description="integer input of a full-integer model (the runtime quantizes frames)"
+    )
+    input_scale: float | None = Field(None, gt=0, description="its scale: real = scale * (q - zp)")
+    input_zero_point: int | None = Field(None, description="its zero point")
 
 
 class ModelCard(_Strict):

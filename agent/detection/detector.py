@@ -134,6 +134,19 @@ class Detector:
                 f"{self.runtime.path}: the card says input {spec.width}x{spec.height} "
                 f"{spec.layout} {list(want)}, the model has {list(shape)}"
             )
+        q = self.card.quantization
+        if q is not None and q.input_dtype is not None:
+            # A full-integer model's card records the input's quantization: frames are
+            # quantized with the model's parameters, which must be the ones the card was made for.
+            got = self.runtime.inputs[0]
+            if (str(got.dtype), got.zero_point) != (q.input_dtype, q.input_zero_point) or not (
+                q.input_scale is not None and abs(got.scale - q.input_scale) <= 1e-6 * q.input_scale
+            ):
+                raise ModelCardError(
+                    f"{self.runtime.path}: the card says input {q.input_dtype} scale "
+                    f"{q.input_scale} zero point {q.input_zero_point}, the model has "
+                    f"{got.dtype} scale {got.scale} zero point {got.zero_point}"
+                )
 
     def warmup(self) -> None:
         """Run one inference on a blank frame: the first real frame is not slow, and a model that
