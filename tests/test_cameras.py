@@ -146,8 +146,8 @@ def test_a_model_swap_serves_every_camera_from_the_next_frame(
     assets: Path, started: list[Any]
 ) -> None:
     """Three cameras on the person model; a new model is put in service while they run: every
-    camera's next results come from it, and none waits across the swap longer than its usual
-    gap plus two model runs."""
+    camera's next results come from it, and none waits across the swap longer than its longest
+    gap before the swap plus two model runs."""
     spec = RuntimeSpec(threads=1)
     slot = ModelSlot(spec)
     slot.serve(slot.load(assets / "person-yolov8s.onnx"), origin="config")
@@ -195,9 +195,11 @@ def test_a_model_swap_serves_every_camera_from_the_next_frame(
         # the frame in flight at the swap may finish on the old model; every later one is new
         assert mine_after and all(r.model_name == "person-fall" for r in mine_after[1:]), name
         mine_before = [r.done_ts for r in before if r.camera == name]
-        usual = statistics.median(b - a for a, b in itertools.pairwise(mine_before))
+        # against the longest gap it had before (a busy machine stretches some), plus two
+        # model runs: a load or a warm-up on the pipeline's thread would cost far more
+        longest = max(b - a for a, b in itertools.pairwise(mine_before))
         across = mine_after[0].done_ts - mine_before[-1]
-        assert across <= usual + 2 * cycle, (name, across, usual, cycle)
+        assert across <= longest + 2 * cycle, (name, across, longest, cycle)
 
 
 # --- over MQTT: topics, status, metrics, commands ------------------------------------------
