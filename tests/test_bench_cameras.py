@@ -38,7 +38,9 @@ def test_bench_cameras_reports_every_camera_next_to_a_one_camera_run(assets: Pat
     for run in (one, two):
         for camera in run["per_camera"].values():
             assert camera["inferences"] > 0 and camera["fps"] > 0, run
-            assert camera["decoded"] >= camera["inferences"], run
+            # counted over the same window: frames decoded just before it (in the source's
+            # slot, in the pipeline's prepare stage) may be run by the model within it
+            assert camera["decoded"] + 2 >= camera["inferences"], run
         assert run["inferences_per_s"] > 0 and run["cpu_percent"] > 0, run
         assert run["cpu_ms_per_inference"] > 0, run
         assert run["peak_rss_mb"] >= run["rss_mb"] > 0, run
