@@ -346,6 +346,7 @@ def test_short_distillation_lowers_the_loss_and_exports_a_student_the_agent_runs
     )
 
 
+@pytest.mark.slow
 def test_cli_distills_end_to_end(
     tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -40,6 +40,7 @@ def probe(*args: str, timeout: float = 120) -> str:
     return out.decode()
 
 
+@pytest.mark.slow
 def test_soak_samples_rss_threads_and_open_files_and_reports_growth(tmp_path: Path, assets):
     table = tmp_path / "soak.csv"
     out = probe(
