@@ -105,7 +105,10 @@ def test_the_deb_installs_offline_and_remove_keeps_the_state_until_purge(tmp_pat
 
     assert field("Package") == "edge-agent" and field("Architecture") == arch
     major, minor = py.split(".")
-    assert f"python3 (>= {py}~), python3 (<< {major}.{int(minor) + 1}~)" in field("Depends")
+    depends = field("Depends")
+    assert f"python3 (>= {py}~), python3 (<< {major}.{int(minor) + 1}~)" in depends
+    assert "python3-venv" in depends
+    assert "procps" in depends  # the unit's ExecReload=/bin/kill (not in a minimal trixie)
     listing = subprocess.run(
         ["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True
     ).stdout
