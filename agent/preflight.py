@@ -141,8 +141,8 @@ def runtime_problems(config: Config, *, devices: bool = True) -> list[Problem]:
         return [
             (
                 ("model", "runtime"),
-                "openvino is not installed here: pip install 'edge-agent[openvino]', or use "
-                "runtime auto, onnx or tflite",
+                "openvino is not installed here: pip install 'edge-detection-agent[openvino]', "
+                "or use runtime auto, onnx or tflite",
             )
         ]
     device = config.model.device

@@ -393,7 +393,7 @@ def test_cli_without_torch_says_which_extra_to_install(
     code = main(["model", "distill", "t.onnx", "--data", "d", "-o", str(tmp_path / "s.onnx")])
     assert code == 1
     err = capsys.readouterr().err
-    assert "needs torch" in err and "pip install 'edge-agent[distill]'" in err
+    assert "needs torch" in err and "pip install 'edge-detection-agent[distill]'" in err
 
 
 def test_options_are_checked_before_anything_runs(tmp_path: Path) -> None:

@@ -300,7 +300,7 @@ def test_without_the_quantizer_the_command_says_what_to_install(tmp_path: Path) 
     assert done.returncode == 1, done.stderr
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("edge-agent: ") and "face-short-range.tflite" in line
-    assert "edge-agent[tflite-quant]" in line and "Traceback" not in done.stderr
+    assert "edge-detection-agent[tflite-quant]" in line and "Traceback" not in done.stderr
     assert not out.exists()
 
 

@@ -91,7 +91,7 @@ def test_agent_on_openvino_connects_only_to_its_broker(
     agent runs with a home of its own and no CI variable (the package declines by itself in CI),
     so nothing but the agent stands between OpenVINO and the network."""
     if importlib.util.find_spec("openvino") is None:
-        pytest.skip("openvino is not installed (pip install 'edge-agent[openvino]')")
+        pytest.skip("openvino is not installed (pip install 'edge-detection-agent[openvino]')")
     sub = subscriber("edge-agent/cam-ov/#")
     trace = tmp_path / "agent.trace"
     home = tmp_path / "home"

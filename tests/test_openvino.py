@@ -34,7 +34,7 @@ from tests.test_updates import CONFIGURED, Rig, keys, registry, server  # noqa: 
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 needs_openvino = pytest.mark.skipif(
-    not HAVE_OPENVINO, reason="openvino is not installed (pip install 'edge-agent[openvino]')"
+    not HAVE_OPENVINO, reason="openvino is not installed (pip install 'edge-detection-agent[openvino]')"
 )
 PERSON = MODELS / "person-yolov8s.onnx"
 FACE = MODELS / "face-short-range.tflite"
@@ -370,7 +370,7 @@ def test_without_the_package_the_runtime_is_unavailable_in_one_line(
     monkeypatch.setitem(sys.modules, "openvino", None)  # as on a device without the extra
     with pytest.raises(RuntimeUnavailableError, match="openvino package is not installed") as e:
         ov_load(FACE)
-    assert "pip install 'edge-agent[openvino]'" in str(e.value) and "\n" not in str(e.value)
+    assert "pip install 'edge-detection-agent[openvino]'" in str(e.value) and "\n" not in str(e.value)
     assert e.value.exit_code == 78
 
 

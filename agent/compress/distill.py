@@ -92,7 +92,7 @@ def require_torch_export() -> None:
         if importlib.util.find_spec(module) is None:
             raise CompressError(
                 f"model distill needs {module} to export the student: "
-                "pip install 'edge-agent[distill]'"
+                "pip install 'edge-detection-agent[distill]'"
             )
 
 

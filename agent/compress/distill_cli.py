@@ -56,7 +56,7 @@ def _import_distill() -> Any:
         if exc.name and exc.name.split(".")[0] in EXTRA_MODULES:
             raise CompressError(
                 f"model distill needs {exc.name.split('.')[0]}, which is not installed: "
-                "pip install 'edge-agent[distill]'"
+                "pip install 'edge-detection-agent[distill]'"
             ) from exc
         raise
 

@@ -23,7 +23,10 @@ def quantizer_available() -> str | None:
     try:
         import ai_edge_quantizer  # noqa: F401
     except ImportError as exc:
-        return f"ai-edge-quantizer is not installed ({exc}): pip install 'edge-agent[tflite-quant]'"
+        return (
+            f"ai-edge-quantizer is not installed ({exc}): "
+            "pip install 'edge-detection-agent[tflite-quant]'"
+        )
     return None
 
 

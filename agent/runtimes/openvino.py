@@ -43,7 +43,7 @@ def openvino_module() -> Any:
     except ImportError as exc:
         raise RuntimeUnavailableError(
             "model.runtime openvino: the openvino package is not installed "
-            "(pip install 'edge-agent[openvino]')"
+            "(pip install 'edge-detection-agent[openvino]')"
         ) from exc
     return openvino
 

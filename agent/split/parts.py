@@ -85,7 +85,7 @@ class SplitModel:
             import onnx
         except ImportError as exc:
             raise SplitError(
-                "split inference needs the onnx package: pip install 'edge-agent[split]'"
+                "split inference needs the onnx package: pip install 'edge-detection-agent[split]'"
             ) from exc
         from agent.split.partition import partition
 
