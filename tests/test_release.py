@@ -2,13 +2,12 @@
 command; the .deb holds that wheel and every runtime dependency for the suite's Python, its
 postinst installs them with no network, and its postrm keeps the config and the state on remove
 and takes them on purge. The .deb test builds a ~130 MB package and installs it (about two
-minutes on 2 busy cores): skipped in CI (EDGE_AGENT_RELEASE_TESTS=1 runs it there); the same
+minutes on 2 busy cores): marked slow, so `scripts/test --slow` runs it, CI does not; the same
 package in an emulated Debian root: `sudo scripts/check-arm64 --deb`."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -76,10 +75,7 @@ def test_a_bad_suite_or_architecture_is_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(
-    os.environ.get("CI") == "true" and not os.environ.get("EDGE_AGENT_RELEASE_TESTS"),
-    reason="builds and installs a ~130 MB .deb (minutes): EDGE_AGENT_RELEASE_TESTS=1 runs it",
-)
+@pytest.mark.slow  # builds and installs a ~130 MB .deb (minutes): scripts/test --slow
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed")
 @pytest.mark.skipif(host_suite() is None, reason="not a Debian bookworm or trixie host")
 @pytest.mark.skipif(
