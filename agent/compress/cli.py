@@ -126,24 +126,32 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         print("\n".join(_kept_lines(result.kept)))
         print(f"card: {result.card}")
     if args.eval:
-        from agent.compress.evaluate import Candidate, compare
-
-        src = Path(args.model)
-        ref = Candidate(src, Path(args.card) if args.card else None, f"{src.stem} (float)")
-        same = args.calib and Path(args.eval).resolve() == Path(args.calib).resolve()
-        reports = compare(
-            [ref, Candidate(result.model, result.card, f"{result.model.stem} ({result.mode})")],
-            args.eval,
-            reference=ref,
-            frames=args.eval_frames,
-            threads=args.threads,
-            exclude=result.calib_frames if same else (),
-        )
-        if not args.json:
-            held = " (calibration frames held out)" if same else ""
-            print(f"\nfidelity on {reports[0].frames} frames of {args.eval}{held}:")
-        _print_reports(reports, args.json)
+        eval_against_float(args, result.model, result.card, result.mode, result.calib_frames)
     return 0
+
+
+def eval_against_float(
+    args: argparse.Namespace, model: Path, card: Path, mode: str, calib_frames: Sequence[str]
+) -> None:
+    """``quantize --eval DATA``: the quantized model's fidelity to the float one on DATA, the
+    calibration frames held out when DATA is what it was calibrated on."""
+    from agent.compress.evaluate import Candidate, compare
+
+    src = Path(args.model)
+    ref = Candidate(src, Path(args.card) if args.card else None, f"{src.stem} (float)")
+    same = bool(args.calib) and Path(args.eval).resolve() == Path(args.calib).resolve()
+    reports = compare(
+        [ref, Candidate(model, card, f"{model.stem} ({mode})")],
+        args.eval,
+        reference=ref,
+        frames=args.eval_frames,
+        threads=args.threads,
+        exclude=calib_frames if same else (),
+    )
+    if not args.json:
+        held = " (calibration frames held out)" if same else ""
+        print(f"\nfidelity on {reports[0].frames} frames of {args.eval}{held}:")
+    _print_reports(reports, args.json)
 
 
 # ------------------------------------------------------------------------------------- prune

@@ -90,22 +90,7 @@ def quantize_tflite_command(args: argparse.Namespace, keep: list[str] | None) ->
                 print(f"  {reason}:\n    {', '.join(names)}")
         print(f"card: {result.card}")
     if args.eval:
-        from agent.compress.cli import _print_reports
-        from agent.compress.evaluate import Candidate, compare
+        from agent.compress.cli import eval_against_float
 
-        src = Path(args.model)
-        ref = Candidate(src, Path(args.card) if args.card else None, f"{src.stem} (float)")
-        same = Path(args.eval).resolve() == Path(args.calib).resolve()
-        reports = compare(
-            [ref, Candidate(result.model, result.card, f"{result.model.stem} (int8)")],
-            args.eval,
-            reference=ref,
-            frames=args.eval_frames,
-            threads=args.threads,
-            exclude=result.calib_frames if same else (),
-        )
-        if not args.json:
-            held = " (calibration frames held out)" if same else ""
-            print(f"\nfidelity on {reports[0].frames} frames of {args.eval}{held}:")
-        _print_reports(reports, args.json)
+        eval_against_float(args, result.model, result.card, "int8", result.calib_frames)
     return 0
