@@ -248,26 +248,18 @@ def test_the_daemons_built_in_default_is_the_chosen_model(
         (folder / f.name).symlink_to(f)
     code = "from agent.config import load_config; print(load_config(None, environ={}).model.path)"
     env = {**os.environ, "EDGE_AGENT_ASSETS": str(folder)}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert out.stdout.strip() == str(folder / INT8_MODEL)
+
+    def default_path() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    assert default_path() == str(folder / INT8_MODEL)
     (folder / DECISION_FILE).unlink()
     (folder / DECISION_FILE).write_text(json.dumps({"model": FP32_MODEL, "chosen": "fp32"}))
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert out.stdout.strip() == str(folder / FP32_MODEL)
+    assert default_path() == str(folder / FP32_MODEL)
 
 
 def test_missing_assets_are_named_and_fp32_stays(
