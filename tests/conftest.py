@@ -72,6 +72,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "slow: a long real-time scenario (a 15 s outage, a split failover, setup run twice); "
         "scripts/test leaves it to scripts/test --slow to keep CI under 20 minutes",
     )
+    config.addinivalue_line(
+        "markers",
+        "serial: compares the pipeline's pace at two moments of one run (before and after a "
+        "swap, with and without a viewer); scripts/test runs it alone after its parallel "
+        "workers, so another test's load cannot differ between the two moments",
+    )
 
 
 class _ThreadErrors(logging.Handler):

@@ -142,6 +142,7 @@ def _wait(condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.serial
 def test_a_model_swap_serves_every_camera_from_the_next_frame(
     assets: Path, started: list[Any]
 ) -> None:

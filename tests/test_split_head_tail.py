@@ -137,7 +137,9 @@ def test_a_slow_link_moves_the_cut_home_and_probes_keep_measuring(
             if head.counters.replans and head.cut == "output":
                 break
             time.sleep(0.01)
-        assert first_cut is not None and first_cut != "output", "the first plan used the peer"
+        assert first_cut is not None and first_cut != "output", (
+            f"the first plan should use the peer: {first_cut}, {head.metrics()}, {head._profile}"
+        )
         assert head.cut == "output", head.metrics()
         measured = head.link.bandwidth.value
         assert measured is not None and measured < 20, measured  # far from the assumed 1000

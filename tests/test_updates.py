@@ -346,6 +346,7 @@ def test_a_model_that_fails_after_the_swap_is_rolled_back(rig: Rig, monkeypatch)
 # ----------------------------------------------------------------------- the agent, end to end
 
 
+@pytest.mark.serial
 def test_agent_updates_over_mqtt_without_a_frame_gap(
     broker, subscriber, write_config, run_agent, server, keys, tmp_path
 ):

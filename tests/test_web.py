@@ -300,6 +300,7 @@ def test_each_camera_has_its_figures_its_view_and_its_own_zones(guarded: WebAgen
     assert guarded.get("/api/events?camera=side").json() == {"events": []}  # events are off
 
 
+@pytest.mark.serial
 def test_a_stream_viewer_that_never_reads_does_not_slow_the_pipeline(guarded: WebAgent) -> None:
     window = 5.0
 
