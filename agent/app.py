@@ -317,6 +317,9 @@ class Agent:
         self.publisher.subscribe(f"{c.mqtt.topic_prefix}/all/cmd/#")
         if c.homeassistant is not None and c.homeassistant.enabled:
             self.publisher.subscribe(f"{c.homeassistant.discovery_prefix}/status")
+        leftovers = self.discovery.subscription()
+        if leftovers is not None:  # this device's retained configs: to clear the stale ones
+            self.publisher.subscribe(leftovers)
         if self.outbox.depth:
             log.info(
                 "outbox holds %d undelivered messages from before; sending them first",
@@ -413,6 +416,8 @@ class Agent:
         if c.homeassistant is not None and topic == f"{c.homeassistant.discovery_prefix}/status":
             if payload.strip() == b"online":  # Home Assistant restarted: announce again
                 self.discovery.publish()
+            return
+        if self.discovery.seen(topic, payload):
             return
         for prefix in (f"{self.topics.base}/cmd/", f"{c.mqtt.topic_prefix}/all/cmd/"):
             if topic.startswith(prefix):

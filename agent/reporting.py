@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.publish.homeassistant import discovery_messages
+from agent.publish.homeassistant import discovery_messages, is_own_config, own_configs_filter
 from agent.publish.topics import Topics
 from agent.serving import ModelSlot
 
@@ -115,6 +115,40 @@ class Discovery:
         self._config = config  # the live config: labels can change over MQTT
         self.announced: _Announced | None = None
         self._configs: set[str] = set()  # the discovery topics announced last
+        # Retained configs of this device the broker holds that were not announced by this run:
+        # entities of a zone, a camera or a label removed from the config while the agent was
+        # stopped. They are cleared once this run has announced what it wants.
+        self._leftovers: set[str] = set()
+
+    def subscription(self) -> str | None:
+        """The topic filter of this device's retained configs (to find leftovers), or None when
+        discovery is off."""
+        ha = self._config().homeassistant
+        if ha is None or not ha.enabled:
+            return None
+        return own_configs_filter(ha.discovery_prefix, self.topics.device_id)
+
+    def seen(self, topic: str, payload: bytes) -> bool:
+        """A message on ``subscription()``: a retained config this run did not announce is a
+        leftover, removed as soon as this run's own are out. True if the topic was ours."""
+        ha = self._config().homeassistant
+        if ha is None or not is_own_config(topic, ha.discovery_prefix, self.topics.device_id):
+            return False
+        if not payload:  # removed (by us, or by hand)
+            self._leftovers.discard(topic)
+        elif topic not in self._configs:
+            self._leftovers.add(topic)
+            if self.announced is not None:  # this run's own are out: nothing else is wanted
+                stale = sorted(self._leftovers)
+                self._clear(stale)
+                log.info("Home Assistant: removed %d entities of an earlier config", len(stale))
+        return True
+
+    def _clear(self, topics: Sequence[str]) -> None:
+        # An empty retained config makes Home Assistant delete the entity and the broker forget it.
+        for topic in topics:
+            self.publisher.publish(topic, b"", qos=1, retain=True)
+        self._leftovers.difference_update(topics)
 
     def wanted(self) -> _Announced | None:
         """The model's name, the labels, the cameras (None for a lone ``source:``), whether
@@ -153,12 +187,13 @@ class Discovery:
         )
         for topic, payload in messages:
             self.publisher.publish(topic, payload, qos=1, retain=True)
-        # An entity announced before and not now (a zone or camera removed, events turned off):
-        # an empty retained config makes Home Assistant delete it and the broker forget it.
-        gone = self._configs - {topic for topic, _ in messages}
-        for topic in sorted(gone):
-            self.publisher.publish(topic, b"", qos=1, retain=True)
-        self._configs = {topic for topic, _ in messages}
+        # An entity announced before and not now (a zone or camera removed, events turned off),
+        # or left on the broker by an earlier run's configuration: removed.
+        wanted_topics = {topic for topic, _ in messages}
+        gone = sorted((self._configs | self._leftovers) - wanted_topics)
+        self._clear(gone)
+        self._leftovers.clear()  # each one is now announced again or removed
+        self._configs = wanted_topics
         self.announced = wanted
         zones = sum(len(z) for _, z in wanted.zones)
         log.info(

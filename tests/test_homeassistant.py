@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from agent import __version__
 from agent.config import Config
 from agent.detection import Detector
-from agent.publish.homeassistant import discovery_messages
+from agent.publish.homeassistant import discovery_messages, is_own_config, own_configs_filter
 from agent.publish.payloads import detections_message, status_message
 from agent.publish.topics import Topics
 from agent.reporting import Discovery
@@ -156,6 +156,19 @@ def test_topics_match_home_assistants_pattern_and_ids_are_unique(
     assert len(set(entity_ids)) == len(entity_ids)
     assert all(HA_ENTITY_ID.match(e) for e in entity_ids), entity_ids
     assert len(found) == 3 * len(set(label_list)) + 2
+
+
+@pytest.mark.parametrize("prefix", ["homeassistant", "site/ha"])
+def test_own_configs_are_every_config_of_this_device_and_no_other(prefix: str):
+    mine = [t for t, _ in discovery_messages(Topics("edge-agent", "cam.lan"), prefix, ["person"],
+                                             "m", ["door"], zones={"door": {"path": []}})]  # fmt: skip
+    assert own_configs_filter(prefix, "cam.lan").count("+") == 2
+    assert mine and all(is_own_config(t, prefix, "cam.lan") for t in mine)
+    other = discovery_messages(Topics("edge-agent", "cam_lan"), prefix, ["person"], "m")
+    assert not any(is_own_config(t, prefix, "cam.lan") for t, _ in other)  # look-alike node
+    assert not is_own_config(f"{prefix}/status", prefix, "cam.lan")
+    assert not is_own_config(mine[0].replace("/config", "/state"), prefix, "cam.lan")
+    assert not is_own_config("elsewhere/" + mine[0], prefix, "cam.lan")
 
 
 def test_look_alike_labels_and_device_ids_get_distinct_topics():
@@ -951,3 +964,32 @@ def test_discovery_announces_the_live_configs_cameras_and_again_when_they_change
     assert {t: c for t, (c, _) in got.items()} == want
     assert gone == before - set(want)
     assert "homeassistant/sensor/edge_agent_cam-ha/status/config" not in gone
+
+
+def test_entities_of_a_config_changed_while_the_agent_was_stopped_are_removed_at_start(
+    broker, subscriber, write_config, run_agent, assets
+):
+    """An earlier run announced a "person" label the config no longer has: that run is gone, so
+    only the broker's retained configs remember it. The agent finds its own leftovers and
+    removes them; another device's configs stay."""
+    earlier = discovery_messages(TOPICS, "homeassistant", ["face", "person"], "face-short-range")
+    now = dict(discovery_messages(TOPICS, "homeassistant", ["face"], "face-short-range"))
+    stale = {t for t, _ in earlier} - set(now)
+    assert stale and all("person" in t for t in stale)
+    other = "homeassistant/binary_sensor/edge_agent_cam-other/person_detected/config"
+    seed = subscriber("nothing/here").client
+    for topic, payload in [*earlier, (other, b'{"name": "another device"}')]:
+        seed.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+
+    live = subscriber("homeassistant/#")
+    collect(live, "homeassistant/", len(earlier) + 1)  # what the broker held before the start
+    run_agent(write_config(agent_config(broker.port, assets, labels=["face"])))
+    removed: set[str] = set()
+    announced = collect(live, "homeassistant/", len(now), removed=removed, removals=len(stale))
+    assert removed == stale
+    assert {t: json.loads(p) for t, p in now.items()} == {t: c for t, (c, _) in announced.items()}
+
+    # What a Home Assistant connecting now reads: this run's entities and the other device's.
+    late = subscriber("homeassistant/#")
+    held = collect(late, "homeassistant/", len(now) + 1, timeout=5.0)
+    assert set(held) == set(now) | {other}

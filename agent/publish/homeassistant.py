@@ -83,6 +83,29 @@ def _node_id(device_id: str) -> str:
     return node if node == device_id else f"{node}_{_short_hash(device_id)}"
 
 
+def _node_level(device_id: str) -> str:
+    return f"edge_agent_{_node_id(device_id)}"
+
+
+def own_configs_filter(discovery_prefix: str, device_id: str) -> str:
+    """The subscription that matches every discovery config this device may have announced
+    (under any component and entity), and no other device's."""
+    return f"{discovery_prefix}/+/{_node_level(device_id)}/+/config"
+
+
+def is_own_config(topic: str, discovery_prefix: str, device_id: str) -> bool:
+    """Whether ``topic`` is one of the topics ``own_configs_filter`` matches."""
+    parts = topic.split("/")
+    prefix = discovery_prefix.split("/")
+    n = len(prefix)
+    return (
+        len(parts) == n + 4
+        and parts[:n] == prefix
+        and parts[n + 1] == _node_level(device_id)
+        and parts[n + 3] == "config"
+    )
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "_", text.lower())
 
@@ -357,6 +380,6 @@ def discovery_messages(
         entity_ids.add(entity_id)
         config["default_entity_id"] = entity_id
         config["device"] = device
-        topic = f"{discovery_prefix}/{component}/edge_agent_{_node_id(node)}/{object_id}/config"
+        topic = f"{discovery_prefix}/{component}/{_node_level(node)}/{object_id}/config"
         out.append((topic, json.dumps(config, separators=(",", ":")).encode()))
     return out
