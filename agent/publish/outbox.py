@@ -9,7 +9,6 @@ across restarts.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.damaged import set_aside
+from agent.sqlite_state import WriteHealth, connect_checked, open_or_set_aside, write_transaction
 
 log = logging.getLogger("agent.outbox")
 
@@ -36,15 +35,14 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 0), ('dropped', 0);
 """
 
 
-_DAMAGE_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
-
-
-def _is_damage(exc: sqlite3.DatabaseError) -> bool:
-    """The file itself is bad (not a full disk, not a permission problem)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _DAMAGE_CODES
-    return type(exc) is sqlite3.DatabaseError  # ours: integrity check, schema not ours
+def _prepare(db: sqlite3.Connection) -> None:
+    """The tables, made if new; raises DatabaseError for an SQLite file that is not an outbox."""
+    db.executescript(_SCHEMA)
+    try:
+        db.execute("SELECT id, seq, topic, payload, qos, created FROM messages LIMIT 1")
+        int(db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0])
+    except (sqlite3.OperationalError, TypeError, ValueError) as exc:
+        raise sqlite3.DatabaseError(f"not an outbox: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -73,57 +71,42 @@ class Outbox:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.max_messages = max_messages
-        self.retry_max_s = retry_max_s
         self._lock = threading.Lock()
-        try:
-            self._db = self._open()
-        except sqlite3.DatabaseError as exc:
-            if not _is_damage(exc):
-                raise
-            set_aside(self.path, f"not a readable outbox database: {exc}", ("-wal", "-shm"))
-            self._db = self._open()
+        self._db = open_or_set_aside(
+            self.path, lambda: connect_checked(self.path, _prepare), "outbox database"
+        )
         self._unreported = 0
         self._last_warning = -60.0
         self._depth = int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
-        self.error: str | None = None  # why the last write failed; None once writes succeed
-        self.refused = 0  # messages that could not be stored (disk full)
-        self._failed_since = 0.0
-        self._retry_at = 0.0
-        self._retry_s = 0.0
+        self.writes = WriteHealth(
+            log,
+            f"outbox {self.path}",
+            "new messages are not stored and delivered ones are not yet deleted; nothing stored "
+            "is lost, retrying until space is back",
+            "messages",
+            retry_max_s,
+        )
         self._acks: list[int] = []  # delivered, not yet deleted (a write failed)
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a power cut may lose the last few commits, never corrupt it.
-            db.execute("PRAGMA synchronous=NORMAL")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-            db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        try:  # an SQLite file, but is it ours?
-            db.execute("SELECT id, seq, topic, payload, qos, created FROM messages LIMIT 1")
-            int(db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0])
-        except (sqlite3.OperationalError, TypeError, ValueError) as exc:
-            db.close()
-            raise sqlite3.DatabaseError(f"not an outbox: {exc}") from exc
-        return db
+    @property
+    def error(self) -> str | None:
+        """Why the last write failed; None once writes succeed."""
+        return self.writes.error
+
+    @property
+    def refused(self) -> int:
+        """Messages that could not be stored (the disk full or failing)."""
+        return self.writes.refused
 
     def put(self, topic: str, build: Callable[[int], bytes], qos: int = 1) -> int | None:
         """Store the message ``build(seq)`` under the next ``seq``; returns that ``seq``, or None
         when it cannot be stored now (see ``error``)."""
         with self._lock:
-            if self.error is not None and time.monotonic() < self._retry_at:
-                self.refused += 1
+            if self.writes.waiting():
+                self.writes.refuse()
                 return None
-            db = self._db
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with write_transaction(self._db) as db:
                     seq = self._next_seq(db, topic)
                     db.execute(
                         "INSERT INTO messages (seq, topic, payload, qos, created) "
@@ -140,18 +123,12 @@ class Outbox:
                         )
                         db.execute("UPDATE meta SET value=value+? WHERE key='dropped'", (over,))
                         depth -= over
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:  # SQLite may have rolled back on its own (disk full)
-                        with contextlib.suppress(sqlite3.Error):
-                            db.execute("ROLLBACK")
-                    raise
             except sqlite3.OperationalError as exc:
-                self.refused += 1
-                self._write_failed(exc)
+                self.writes.refuse()
+                self.writes.failed(exc)
                 return None
             self._depth = depth
-            self._write_succeeded()
+            self.writes.succeeded()
         if over > 0:
             self._warn_dropped(over)
         return seq
@@ -183,27 +160,19 @@ class Outbox:
         full: a restart before that sends them again, which QoS 1 allows)."""
         with self._lock:
             self._acks.extend(ids)
-            if not self._acks or (self.error is not None and time.monotonic() < self._retry_at):
+            if not self._acks or self.writes.waiting():
                 return
-            db = self._db
             try:
-                db.execute("BEGIN IMMEDIATE")  # all or none, so ``depth`` stays exact
-                try:
+                with write_transaction(self._db) as db:  # all or none: ``depth`` stays exact
                     cur = db.executemany(
                         "DELETE FROM messages WHERE id = ?", [(i,) for i in self._acks]
                     )
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            db.execute("ROLLBACK")
-                    raise
             except sqlite3.OperationalError as exc:
-                self._write_failed(exc)
+                self.writes.failed(exc)
                 return
             self._depth -= max(cur.rowcount, 0)
             self._acks.clear()
-            self._write_succeeded()
+            self.writes.succeeded()
 
     def retry(self) -> None:
         """Retry the deletions a full disk held back, when their backoff is over."""
@@ -211,7 +180,7 @@ class Outbox:
 
     @property
     def retry_due(self) -> bool:
-        return bool(self._acks) and time.monotonic() >= self._retry_at
+        return bool(self._acks) and time.monotonic() >= self.writes.retry_at
 
     def fetch(self, ids: list[int]) -> list[Message]:
         """The stored messages with these ids, oldest first (those still stored)."""
@@ -225,35 +194,6 @@ class Outbox:
                 ids,
             ).fetchall()
         return [Message(int(r[0]), int(r[1]), str(r[2]), bytes(r[3]), int(r[4])) for r in rows]
-
-    def _write_failed(self, exc: sqlite3.Error) -> None:
-        # Caller holds the lock. ERROR once per episode, then quiet retries with backoff.
-        now = time.monotonic()
-        if self.error is None:
-            self._failed_since = now
-            self._retry_s = 0.5
-            log.error(
-                "outbox %s cannot be written (%s): new messages are not stored and delivered "
-                "ones are not yet deleted; nothing stored is lost, retrying until space is back",
-                self.path,
-                exc,
-            )
-        else:
-            self._retry_s = min(self.retry_max_s, self._retry_s * 2)
-        self.error = f"outbox {self.path}: {exc}"
-        self._retry_at = now + self._retry_s
-
-    def _write_succeeded(self) -> None:
-        # Caller holds the lock.
-        if self.error is None:
-            return
-        log.info(
-            "outbox %s writable again after %.0f s; %d messages could not be stored meanwhile",
-            self.path,
-            time.monotonic() - self._failed_since,
-            self.refused,
-        )
-        self.error = None
 
     @property
     def depth(self) -> int:

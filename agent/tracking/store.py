@@ -14,26 +14,28 @@ started; a reader in another process (the CLI) opens it read-only while the agen
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.damaged import set_aside
 from agent.errors import EdgeAgentError
+from agent.sqlite_state import (
+    WriteHealth,
+    connect_checked,
+    is_damage,
+    open_or_set_aside,
+    write_transaction,
+)
 
 log = logging.getLogger("agent.events.store")
 
 EVENTS_DIR = "events"
 DB_NAME = "events.sqlite"
-_COMPANIONS = ("-wal", "-shm")
-_DAMAGE_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -77,14 +79,6 @@ class _Entry:
     snapshot_bytes: int
 
 
-def _is_damage(exc: sqlite3.DatabaseError) -> bool:
-    """The file itself is bad (not a full disk, not a permission problem)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _DAMAGE_CODES
-    return type(exc) is sqlite3.DatabaseError  # ours: integrity check, schema not ours
-
-
 def _check_ours(db: sqlite3.Connection) -> None:
     """Raise DatabaseError unless the open file holds our tables."""
     try:
@@ -97,6 +91,12 @@ def _check_ours(db: sqlite3.Connection) -> None:
         if not str(exc).startswith("no such"):  # a table or column: not ours; else a real error
             raise
         raise sqlite3.DatabaseError(f"not an events store: {exc}") from exc
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    _check_ours(db)  # before the indexes, which name our columns
+    db.executescript(_INDEXES)
 
 
 class _Queries:
@@ -168,7 +168,7 @@ class EventReader(_Queries):
                     raise
                 self._db = self._open(immutable=True)
         except sqlite3.DatabaseError as exc:
-            if not _is_damage(exc):
+            if not is_damage(exc):
                 raise EventStoreError(f"{self.path}: cannot be read: {exc}") from exc
             raise EventStoreError(
                 f"{self.path}: not a readable events database ({exc}); the agent sets it "
@@ -217,45 +217,35 @@ class EventStore(_Queries):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.keep = keep
         self.max_bytes = max_bytes
-        self.retry_max_s = retry_max_s
         self._lock = threading.Lock()
-        try:
-            db = self._open()
-        except sqlite3.DatabaseError as exc:
-            if not _is_damage(exc):
-                raise
-            set_aside(self.path, f"not a readable events database: {exc}", _COMPANIONS)
-            db = self._open()
+        path = str(self.path)
+        db = open_or_set_aside(
+            path, lambda: connect_checked(path, _prepare, auto_vacuum=True), "events database"
+        )
         self._db = db
         self._entries: dict[str, _Entry] = {
             str(r[0]): _Entry(float(r[1]), int(r[2]) + int(r[3]), int(r[3]))
             for r in db.execute("SELECT id, start, event_bytes, snapshot_bytes FROM events")
         }
         self._live: set[str] = set()  # open events recorded by this store
-        self.error: str | None = None  # why the last write failed; None once writes succeed
-        self.refused = 0  # records that could not be stored (disk full or failing)
-        self._retry_at = 0.0
-        self._retry_s = 0.0
+        self.writes = WriteHealth(
+            log,
+            f"events store {self.path}",
+            "new events are not kept on disk (they are still published); retrying",
+            "events",
+            retry_max_s,
+        )
         self._bound_at_open()
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            # Before the first table: freed pages can then be given back (see _bound_at_open).
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a power cut may lose the last few commits, never corrupt it.
-            db.execute("PRAGMA synchronous=NORMAL")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-            db.executescript(_SCHEMA)
-            _check_ours(db)  # before the indexes, which name our columns
-            db.executescript(_INDEXES)
-        except sqlite3.Error:
-            db.close()
-            raise
-        return db
+    @property
+    def error(self) -> str | None:
+        """Why the last write failed; None once writes succeed."""
+        return self.writes.error
+
+    @property
+    def refused(self) -> int:
+        """Records that could not be stored (the disk full or failing)."""
+        return self.writes.refused
 
     def _bound_at_open(self) -> None:
         """Apply the bounds now (they may be smaller than the last run's) and give the disk
@@ -270,7 +260,7 @@ class EventStore(_Queries):
                 # executescript: it runs to the end (execute frees one page, a step).
                 self._db.executescript("PRAGMA incremental_vacuum;")
             except sqlite3.OperationalError as exc:  # a full disk: the store still opens
-                self._write_failed(exc)
+                self.writes.failed(exc)
 
     def record(self, event: dict[str, Any], snapshot_jpeg: bytes | None = None) -> None:
         """Store the event (its new, update or end), with its new snapshot if there is one
@@ -283,8 +273,8 @@ class EventStore(_Queries):
         with self._lock:
             if self._db is None:
                 raise ValueError("the event store is closed")
-            if self.error is not None and time.monotonic() < self._retry_at:
-                self.refused += 1
+            if self.writes.waiting():
+                self.writes.refuse()
                 return
             old = self._entries.get(event_id)
             snap = old.snapshot_bytes if old is not None else 0
@@ -336,11 +326,11 @@ class EventStore(_Queries):
                     self._live.add(event_id)
                 else:
                     self._live.discard(event_id)
-                self.refused += 1
-                self._write_failed(exc)
+                self.writes.refuse()
+                self.writes.failed(exc)
                 return
             self._drop(victims)
-            self._write_succeeded()
+            self.writes.succeeded()
 
     def _victims(self, keep_id: str | None) -> list[str]:
         """The events to delete for the bounds: ended (or not live) first, oldest start first;
@@ -376,41 +366,9 @@ class EventStore(_Queries):
 
     def _write(self, body: Callable[[sqlite3.Connection], None]) -> None:
         """Run ``body(db)`` in one transaction. Caller holds the lock."""
-        db = self._db
-        assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        assert self._db is not None
+        with write_transaction(self._db) as db:
             body(db)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # SQLite may have rolled back on its own (disk full)
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise
-
-    def _write_failed(self, exc: sqlite3.Error) -> None:
-        # Caller holds the lock. ERROR once per episode, then quiet retries with backoff.
-        if self.error is None:
-            self._retry_s = min(0.5, self.retry_max_s)
-            log.error(
-                "events store %s cannot be written (%s): new events are not kept on disk "
-                "(they are still published); retrying",
-                self.path,
-                exc,
-            )
-        else:
-            self._retry_s = min(self.retry_max_s, self._retry_s * 2)
-        self.error = f"events store {self.path}: {exc}"
-        self._retry_at = time.monotonic() + self._retry_s
-
-    def _write_succeeded(self) -> None:
-        if self.error is not None:
-            log.info(
-                "events store %s writable again; %d events could not be kept meanwhile",
-                self.path,
-                self.refused,
-            )
-            self.error = None
 
     @property
     def count(self) -> int:
