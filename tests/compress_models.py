@@ -1,9 +1,12 @@
 """A tiny YOLO-like detector with real convolutions, for the compression tests: two scales whose
 box and class outputs are joined as Ultralytics exports do, then boxes in input pixels and sigmoid
-scores joined in one output ``[1, 4+nc, N]``, so its final Concat mixes ranges as YOLOv8's does."""
+scores joined in one output ``[1, 4+nc, N]``, so its final Concat mixes ranges as YOLOv8's does;
+and publishing a compressed model to a folder registry with the real commands."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -226,3 +229,24 @@ def tiny_anchors_tflite(
     }
     (Path(directory) / f"{name}.card.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
     return path
+
+
+def publish_signed(model: Path, folder: Path, name: str, version: str = "1.0.0") -> Path:
+    """``edge-agent registry keygen``, ``publish`` and ``verify`` run for real on ``model`` into
+    the folder registry ``folder/registry``; returns the public key's path."""
+    from tests.conftest import ROOT
+
+    key = folder / "pub.key"
+    registry = folder / "registry"
+    for args in (
+        ["keygen", "--out", str(key)],
+        ["publish", str(model), "--registry", str(registry), "--name", name,
+         "--version", version, "--key", str(key)],
+        ["verify", str(registry), "--key", f"{key}.pub"],
+    ):  # fmt: skip
+        step = subprocess.run(
+            [sys.executable, "-m", "agent", "registry", *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert step.returncode == 0, (args[0], step.stderr)
+    return Path(f"{key}.pub")

@@ -253,24 +253,12 @@ def test_quantized_model_publishes_verifies_and_loads_through_the_registry(
     from agent.registry.manifest import load_manifest
     from agent.registry.signing import load_public_keys
 
-    key = tmp_path / "pub.key"
-    registry = tmp_path / "registry"
-    for args in (
-        ["keygen", "--out", str(key)],
-        ["publish", str(face["model"]), "--registry", str(registry), "--name", "face-int8",
-         "--version", "1.0.0", "--key", str(key)],
-        ["verify", str(registry), "--key", f"{key}.pub"],
-    ):  # fmt: skip
-        step = subprocess.run(
-            [sys.executable, "-m", "agent", "registry", *args],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert step.returncode == 0, step.stderr
-    folder = registry / "face-int8" / "1.0.0"
+    public = compress_models.publish_signed(face["model"], tmp_path, "face-int8")
+    folder = tmp_path / "registry" / "face-int8" / "1.0.0"
     manifest = load_manifest(
         (folder / "manifest.json").read_bytes(),
         (folder / "manifest.json.sig").read_bytes(),
-        load_public_keys([Path(f"{key}.pub")]),
+        load_public_keys([public]),
     )
     card = manifest.model_card()
     assert card.quantization is not None and card.quantization.input_dtype == "int8"
