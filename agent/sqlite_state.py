@@ -136,3 +136,19 @@ class WriteHealth:
             self._unit,
         )
         self.error = None
+
+
+class ReportsWrites:
+    """For a state file's owner: its ``error`` and ``refused``, read from its ``writes``."""
+
+    writes: WriteHealth
+
+    @property
+    def error(self) -> str | None:
+        """Why the last write failed; None once writes succeed."""
+        return self.writes.error
+
+    @property
+    def refused(self) -> int:
+        """Writes refused since the start (the disk full or failing)."""
+        return self.writes.refused

@@ -17,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.sqlite_state import WriteHealth, connect_checked, open_or_set_aside, write_transaction
+from agent.sqlite_state import (
+    ReportsWrites,
+    WriteHealth,
+    connect_checked,
+    open_or_set_aside,
+    write_transaction,
+)
 
 log = logging.getLogger("agent.outbox")
 
@@ -54,7 +60,7 @@ class Message:
     qos: int
 
 
-class Outbox:
+class Outbox(ReportsWrites):
     """A bounded, persistent FIFO of outgoing messages. Thread-safe.
 
     A disk that fills up (or fails) never raises out of ``put`` or ``ack``: ``put`` stores
@@ -87,16 +93,6 @@ class Outbox:
             retry_max_s,
         )
         self._acks: list[int] = []  # delivered, not yet deleted (a write failed)
-
-    @property
-    def error(self) -> str | None:
-        """Why the last write failed; None once writes succeed."""
-        return self.writes.error
-
-    @property
-    def refused(self) -> int:
-        """Messages that could not be stored (the disk full or failing)."""
-        return self.writes.refused
 
     def put(self, topic: str, build: Callable[[int], bytes], qos: int = 1) -> int | None:
         """Store the message ``build(seq)`` under the next ``seq``; returns that ``seq``, or None

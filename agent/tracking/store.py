@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.errors import EdgeAgentError
 from agent.sqlite_state import (
+    ReportsWrites,
     WriteHealth,
     connect_checked,
     is_damage,
@@ -192,7 +193,7 @@ class EventReader(_Queries):
         return db
 
 
-class EventStore(_Queries):
+class EventStore(_Queries, ReportsWrites):
     """The kept events, written by the pipeline's thread and read by others. Thread-safe.
 
     ``record`` upserts an event by its id (the newest dict wins; a snapshot replaces the one
@@ -236,16 +237,6 @@ class EventStore(_Queries):
             retry_max_s,
         )
         self._bound_at_open()
-
-    @property
-    def error(self) -> str | None:
-        """Why the last write failed; None once writes succeed."""
-        return self.writes.error
-
-    @property
-    def refused(self) -> int:
-        """Records that could not be stored (the disk full or failing)."""
-        return self.writes.refused
 
     def _bound_at_open(self) -> None:
         """Apply the bounds now (they may be smaller than the last run's) and give the disk
