@@ -1,7 +1,9 @@
 """OpenVINO against onnxruntime on the same ONNX files, this machine, one run: ms per inference
 (median, alternating rounds, the same preprocessed frames), detection agreement (IoU, score
-difference) on the astronaut photo and frames of bikes.mp4, and the load time of a cold and a
-warm compiled-model cache (each in a fresh process). Prints one JSON object.
+difference) on the astronaut photo and frames of bikes.mp4, the load time of a cold and a warm
+compiled-model cache (each in a fresh process), and inferences a second under the LATENCY and
+THROUGHPUT hints with 1, 2 and OpenVINO's optimal number of requests in flight (OpenVINO's own
+AsyncInferQueue: the agent keeps one in flight). Prints one JSON object.
 
 Usage: scripts/openvino_cost.py [FP32.onnx] [INT8.onnx] [--threads 2] [--rounds 8] [--per-round 4]
 (INT8: e.g. `edge-agent model quantize models/person-yolov8s.onnx -o /tmp/person-int8.onnx
@@ -133,6 +135,35 @@ def load_times(model: str, repeats: int) -> dict[str, Any]:
     }
 
 
+def hints(model: str, threads: int, count: int = 40) -> dict[str, Any]:
+    """Inferences a second of ``model`` on the CPU per performance hint and requests in flight."""
+    import openvino
+
+    core = openvino.Core()
+    x = np.random.default_rng(0).random((1, 3, 640, 640), np.float32)
+    out: dict[str, Any] = {}
+    for hint in ("LATENCY", "THROUGHPUT"):
+        compiled = core.compile_model(
+            model,
+            "CPU",
+            {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32",
+             "INFERENCE_NUM_THREADS": threads},
+        )  # fmt: skip
+        best = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        out[f"{hint}_optimal_requests"] = best
+        for requests in sorted({1, 2, best}):
+            queue = openvino.AsyncInferQueue(compiled, requests)
+            for _ in range(2 * requests):  # warm-up
+                queue.start_async({0: x})
+            queue.wait_all()
+            t0 = time.perf_counter()
+            for _ in range(count):
+                queue.start_async({0: x})
+            queue.wait_all()
+            out[f"{hint}_{requests}_in_flight"] = round(count / (time.perf_counter() - t0), 2)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("fp32", nargs="?", default=str(ASSETS_DIR / "person-yolov8s.onnx"))
@@ -183,6 +214,7 @@ def main() -> int:
             detectors["ort_int8"], detectors["ov_int8"], images
         )
     result.update(load_times(args.fp32, args.load_repeats))
+    result["inferences_per_s_by_hint"] = hints(args.int8 or args.fp32, args.threads)
     print(json.dumps(result))
     return 0
 

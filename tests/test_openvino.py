@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -271,8 +272,24 @@ def test_precision_and_threads_reach_openvino(tmp_path: Path) -> None:
     assert rt.precision == ("bf16" if "BF16" in capabilities else "f32")
     assert rt._compiled.get_property("INFERENCE_NUM_THREADS") == 1
     assert str(rt._compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
-    tput = ov_load(path, hint="THROUGHPUT")
+
+
+@needs_openvino
+def test_throughput_warns_that_the_agent_keeps_one_request_in_flight(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = modelgen.yolo_v8_onnx(tmp_path, modelgen.example_yolo_v8())
+    with caplog.at_level(logging.WARNING, logger="agent.runtimes.openvino"):
+        ov_load(path, threads=2)
+        assert not caplog.records  # LATENCY: nothing to say
+        tput = ov_load(path, threads=2, hint="THROUGHPUT")
     assert str(tput._compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"
+    requests = tput._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+    said = [r.getMessage() for r in caplog.records]
+    if requests > 1:  # a device with one stream whatever the hint has nothing to warn of
+        assert len(said) == 1 and "runs one at a time" in said[0] and "LATENCY" in said[0], said
+    else:
+        assert said == []
 
 
 @needs_openvino

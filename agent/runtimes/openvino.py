@@ -182,6 +182,8 @@ class OpenVinoRuntime:
         self.inputs = [_spec(p, quant) for p in compiled.inputs]
         self.outputs = [_spec(p, quant) for p in compiled.outputs]
         self.loaded_from_cache = self._property("LOADED_FROM_CACHE") is True
+        if hint == "THROUGHPUT":
+            self._warn_throughput(path)
         precision_now = self._property("INFERENCE_PRECISION_HINT")
         # What the device really runs at (a CPU without bf16 runs f32 whatever was asked).
         self.precision = (
@@ -195,6 +197,18 @@ class OpenVinoRuntime:
             " from the cache" if self.loaded_from_cache else "",
         )
         self._metadata: dict[str, str] | None = None
+
+    def _warn_throughput(self, path: str) -> None:
+        requests = self._property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        if isinstance(requests, int) and requests > 1:
+            log.warning(
+                "%s: model.performance_hint THROUGHPUT makes OpenVINO expect %d requests in "
+                "flight, but the agent runs one at a time (its cameras take turns on the model): "
+                "each inference gets a share of the device (0.5-0.7x of LATENCY's inferences/s "
+                "measured on a 2-core x86 CPU); LATENCY is the better hint for the agent",
+                path,
+                requests,
+            )
 
     @staticmethod
     def _cache_for(root: Path, model: str) -> Path | None:
