@@ -33,10 +33,10 @@ from tests.test_exit_codes import refused
 from tests.web_helpers import (
     BIKES,
     FACE,
-    PERSON,
     WebAgent,
     free_port,
     module_broker,
+    person_on_bikes,
     wait_for,
     web_agent,
 )
@@ -58,14 +58,7 @@ def _jpeg(body: bytes) -> np.ndarray:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebAgent]:
     folder = tmp_path_factory.mktemp("web")
-    config = {
-        "source": {"uri": str(BIKES), "fps": 5, "loop": True},
-        "model": {"path": str(PERSON), "threads": 2},
-        "publish": {"detections": "off", "metrics_interval_s": 1},
-        "events": {"max_missed": 3},
-        "zones": {"road": {"polygon": [[0.0, ZONE_Y], [1.0, ZONE_Y], [1.0, 1.0], [0.0, 1.0]]}},
-        "masks": [MASK],
-    }
+    config = person_on_bikes(ZONE_Y, MASK, metrics_interval_s=1)
     with module_broker() as broker, web_agent(folder, broker, config) as running:
         yield running
 

@@ -19,7 +19,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from tests.web_helpers import BIKES, FACE, PERSON, WebAgent, module_broker, wait_for, web_agent
+from tests.web_helpers import (
+    BIKES,
+    FACE,
+    WebAgent,
+    module_broker,
+    person_on_bikes,
+    wait_for,
+    web_agent,
+)
 
 PACKAGES = ("chromium", "chromium-driver")  # Debian's names
 
@@ -53,14 +61,7 @@ def artifacts() -> Path:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebAgent]:
     folder = tmp_path_factory.mktemp("web-browser")
-    config = {
-        "source": {"uri": str(BIKES), "fps": 5, "loop": True},
-        "model": {"path": str(PERSON), "threads": 2},
-        "publish": {"detections": "off"},
-        "events": {"max_missed": 3},
-        "zones": {"road": {"polygon": [[0.0, 0.6], [1.0, 0.6], [1.0, 1.0], [0.0, 1.0]]}},
-        "masks": [[[0.0, 0.0], [0.25, 0.0], [0.25, 0.2], [0.0, 0.2]]],
-    }
+    config = person_on_bikes(0.6, [[0.0, 0.0], [0.25, 0.0], [0.25, 0.2], [0.0, 0.2]])
     with module_broker() as broker, web_agent(folder, broker, config) as running:
         yield running
 

@@ -104,6 +104,20 @@ class WebAgent:
         return figures
 
 
+def person_on_bikes(zone_y: float, mask: list[list[float]], **publish: Any) -> dict[str, Any]:
+    """The page's usual scene: the person model on bikes.mp4 at 5 fps, events on, a zone
+    ``road`` from ``zone_y`` down to the bottom edge and one mask; ``publish`` adds to the
+    ``publish:`` section (per-frame detections are off)."""
+    return {
+        "source": {"uri": str(BIKES), "fps": 5, "loop": True},
+        "model": {"path": str(PERSON), "threads": 2},
+        "publish": {"detections": "off", **publish},
+        "events": {"max_missed": 3},
+        "zones": {"road": {"polygon": [[0.0, zone_y], [1.0, zone_y], [1.0, 1.0], [0.0, 1.0]]}},
+        "masks": [mask],
+    }
+
+
 @contextmanager
 def module_broker() -> Iterator[LocalBroker]:
     if mosquitto_binary() is None:
