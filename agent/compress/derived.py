@@ -1,5 +1,6 @@
-"""The model card of a model the toolchain derived from another (quantized, pruned): the
-original's input, labels, family and thresholds, the new file's digest, and how it was made."""
+"""A model the toolchain derives from another (quantized, pruned): the check of the two paths,
+and its card: the original's input, labels, family and thresholds, the new file's digest, and
+how it was made."""
 
 from __future__ import annotations
 
@@ -9,6 +10,18 @@ import yaml
 
 from agent.detection.card import ModelCard, Quantization, card_path_for
 from agent.detection.detector import file_sha256
+from agent.errors import CompressError
+
+
+def check_paths(model: Path, out: Path, suffix: str, wrong_out: str, verb: str) -> None:
+    """Raise CompressError unless ``model`` is a file and ``out`` another path ending in
+    ``suffix``: ``wrong_out`` says what ``out`` must be, ``verb`` what is done to the model."""
+    if not model.is_file():
+        raise CompressError(f"{model}: no such model file")
+    if out.suffix.lower() != suffix:
+        raise CompressError(f"{out}: {wrong_out}")
+    if out.resolve() == model.resolve():
+        raise CompressError(f"{out}: would overwrite the model being {verb}")
 
 
 def write_derived_card(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.compress.derived import write_derived_card
+from agent.compress.derived import check_paths, write_derived_card
 from agent.compress.evaluate import Candidate, EvalReport, compare
 from agent.compress.frames import Frame
 from agent.compress.graph import WEIGHTED_OPS
@@ -242,12 +242,7 @@ def _check_paths(model: str | Path, out: str | Path) -> tuple[Path, Path]:
     model, out = Path(model), Path(out)
     if model.suffix.lower() != ".onnx":
         raise CompressError(f"{model}: pruning works on .onnx models")
-    if not model.is_file():
-        raise CompressError(f"{model}: no such model file")
-    if out.suffix.lower() != ".onnx":
-        raise CompressError(f"{out}: the output must be an .onnx file")
-    if out.resolve() == model.resolve():
-        raise CompressError(f"{out}: would overwrite the model being pruned")
+    check_paths(model, out, ".onnx", "the output must be an .onnx file", "pruned")
     out.parent.mkdir(parents=True, exist_ok=True)
     return model, out
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from agent.compress.derived import write_derived_card
+from agent.compress.derived import check_paths, write_derived_card
 from agent.compress.frames import Frame, sample_frames
 from agent.compress.sensitive import KeptNode, find_sensitive
 from agent.detection.card import ModelCard, Quantization, resolve_card
@@ -109,12 +109,7 @@ def quantize(
         )
     if model.suffix.lower() != ".onnx":
         raise CompressError(f"{model}: expected an .onnx model")
-    if not model.is_file():
-        raise CompressError(f"{model}: no such model file")
-    if out.suffix.lower() != ".onnx":
-        raise CompressError(f"{out}: the output must be an .onnx file")
-    if out.resolve() == model.resolve():
-        raise CompressError(f"{out}: would overwrite the model being quantized")
+    check_paths(model, out, ".onnx", "the output must be an .onnx file", "quantized")
     if mode not in ("static", "dynamic"):
         raise CompressError(f"mode must be static or dynamic, not {mode!r}")
     if calibration not in ("percentile", "minmax", "entropy"):

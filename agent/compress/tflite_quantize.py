@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.compress.derived import check_paths
 from agent.compress.frames import Frame, sample_frames
 from agent.compress.quantize import model_card
 from agent.compress.tflite_aeq import (
@@ -107,12 +108,7 @@ def quantize_tflite(
     ``keep_float``: None finds the ops to keep in float; a list names exactly those ops (their
     first output tensor's name; empty: quantize every op AI Edge Quantizer can)."""
     model, out = Path(model), Path(out)
-    if not model.is_file():
-        raise CompressError(f"{model}: no such model file")
-    if out.suffix.lower() != ".tflite":
-        raise CompressError(f"{out}: a TFLite model quantizes to a .tflite file")
-    if out.resolve() == model.resolve():
-        raise CompressError(f"{out}: would overwrite the model being quantized")
+    check_paths(model, out, ".tflite", "a TFLite model quantizes to a .tflite file", "quantized")
     if calib is None:
         raise CompressError("static INT8 quantization needs --calib VIDEO|DIR")
     why = quantizer_available()
