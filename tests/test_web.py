@@ -35,7 +35,6 @@ from tests.web_helpers import (
     FACE,
     WebAgent,
     free_port,
-    module_broker,
     person_on_bikes,
     wait_for,
     web_agent,
@@ -59,7 +58,7 @@ def _jpeg(body: bytes) -> np.ndarray:
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebAgent]:
     folder = tmp_path_factory.mktemp("web")
     config = person_on_bikes(ZONE_Y, MASK, metrics_interval_s=1)
-    with module_broker() as broker, web_agent(folder, broker, config) as running:
+    with web_agent(folder, config) as running:
         yield running
 
 
@@ -254,9 +253,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebAgent]:
         "publish": {"detections": "every_frame", "metrics_interval_s": 1},
         "events": {"enabled": False},
     }
-    with module_broker() as broker, web_agent(
-        folder, broker, config, token=TOKEN, listen_host="0.0.0.0"
-    ) as running:
+    with web_agent(folder, config, token=TOKEN, listen_host="0.0.0.0") as running:
         yield running
 
 

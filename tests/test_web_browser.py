@@ -23,7 +23,6 @@ from tests.web_helpers import (
     BIKES,
     FACE,
     WebAgent,
-    module_broker,
     person_on_bikes,
     wait_for,
     web_agent,
@@ -62,7 +61,7 @@ def artifacts() -> Path:
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebAgent]:
     folder = tmp_path_factory.mktemp("web-browser")
     config = person_on_bikes(0.6, [[0.0, 0.0], [0.25, 0.0], [0.25, 0.2], [0.0, 0.2]])
-    with module_broker() as broker, web_agent(folder, broker, config) as running:
+    with web_agent(folder, config) as running:
         yield running
 
 
@@ -168,9 +167,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebAgent]:
         "model": {"path": str(FACE)},
         "events": {"enabled": False},
     }
-    with module_broker() as broker, web_agent(
-        folder, broker, config, token=TOKEN, listen_host="0.0.0.0"
-    ) as running:
+    with web_agent(folder, config, token=TOKEN, listen_host="0.0.0.0") as running:
         yield running
 
 

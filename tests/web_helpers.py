@@ -133,14 +133,20 @@ def free_port() -> int:
 @contextmanager
 def web_agent(
     folder: Path,
-    broker: LocalBroker,
     config: dict[str, Any],
     *,
     token: str | None = None,
     listen_host: str = "127.0.0.1",
 ) -> Iterator[WebAgent]:
-    """The agent of ``config`` (plus its store, MQTT and ``web:`` sections) until the block
-    ends, once its page answers and a first frame is processed."""
+    """The agent of ``config`` (plus its store, MQTT and ``web:`` sections) on a mosquitto of
+    its own, until the block ends, once its page answers and a first frame is processed."""
+    with module_broker() as broker:
+        yield from _web_agent(folder, broker, config, token, listen_host)
+
+
+def _web_agent(
+    folder: Path, broker: LocalBroker, config: dict[str, Any], token: str | None, listen_host: str
+) -> Iterator[WebAgent]:
     port = free_port()
     web: dict[str, Any] = {"listen": f"{listen_host}:{port}"}
     if token is not None:
